@@ -1,0 +1,69 @@
+"""The one in-memory form of a LoRA adapter that the rest of sdlora sees.
+
+Every file format (kohya, diffusers/PEFT) is converted to and from this at the edges (`sdlora.adapters.formats`);
+training, inspection, blending and merging work on it only.
+
+Layer names are the dotted module path inside the pipeline, prefixed by the component:
+``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q``, ``text_encoder.text_model.encoder.layers.0.
+self_attn.q_proj``, ``text_encoder_2....`` for SDXL's second encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+
+
+@dataclass
+class LoraLayer:
+    """One adapted module: h = W0·x + (alpha/rank)·up·down·x.
+
+    `down` is A with shape [rank, in] for a linear layer ([rank, in, kh, kw] for a convolution), `up` is B with
+    shape [out, rank] ([out, rank, 1, 1] for a convolution). `alpha` is the kohya/PEFT scaling numerator.
+    """
+
+    down: torch.Tensor
+    up: torch.Tensor
+    alpha: float
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    @property
+    def scale(self) -> float:
+        return float(self.alpha) / self.rank
+
+    def delta_weight(self) -> torch.Tensor:
+        """dW = (alpha/rank)·B·A in fp32, shaped like the base weight."""
+        down = self.down.float()
+        up = self.up.float()
+        if down.dim() == 2:
+            return self.scale * (up @ down)
+        # Convolution: B is 1x1, A carries the kernel (LoCon layout).
+        out_ch = up.shape[0]
+        flat = up.reshape(out_ch, self.rank) @ down.reshape(self.rank, -1)
+        return self.scale * flat.reshape(out_ch, *down.shape[1:])
+
+
+@dataclass
+class Adapter:
+    """A whole adapter: its layers by dotted module path, and its metadata (all strings, as safetensors wants)."""
+
+    layers: dict[str, LoraLayer] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ranks(self) -> set[int]:
+        return {layer.rank for layer in self.layers.values()}
+
+    def component_layers(self, component: str) -> dict[str, LoraLayer]:
+        """The layers of one component with the component prefix removed."""
+        prefix = component + "."
+        return {name[len(prefix):]: layer for name, layer in self.layers.items() if name.startswith(prefix)}
+
+    def num_parameters(self) -> int:
+        return sum(layer.down.numel() + layer.up.numel() for layer in self.layers.values())

@@ -1,0 +1,53 @@
+"""Atomic file writes: a temp file beside the target, flushed and fsynced, then renamed over it.
+
+A crash or a kill at any moment leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path | str) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; on success it replaces `target` atomically."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_open(target: Path | str, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """`open()` for writing, atomically. Text modes default to UTF-8."""
+    with atomic_path(target) as tmp:
+        if "b" in mode:
+            encoding = None
+        with open(tmp, mode, encoding=encoding) as fh:
+            yield fh
+            fh.flush()
+
+
+def write_text(target: Path | str, text: str) -> None:
+    with atomic_open(target, "w") as fh:
+        fh.write(text)
+
+
+def save_image(image, target: Path | str) -> None:
+    """Save a PIL image atomically; the format follows the target's extension."""
+    target = Path(target)
+    with atomic_path(target) as tmp:
+        image.save(tmp, format=(target.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))

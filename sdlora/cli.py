@@ -1,0 +1,69 @@
+"""`sdlora` command line: a thin shell over the library.
+
+Each subcommand lives in its own module under `sdlora.commands` with `register(subparsers)`, which adds its
+parser and sets `handler=run`. Exit codes (DESIGN.md): 0 success, 2 bad input (`SdloraError`), 1 a failure during
+work. Errors are one line on stderr; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from sdlora import __version__
+from sdlora.errors import SdloraError
+
+# Subcommand modules, in the order `sdlora --help` lists them.
+COMMAND_MODULES = ["train", "generate", "inspect", "convert", "merge", "resize", "dataset", "models"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdlora", description="Stable Diffusion LoRA trainer.")
+    parser.add_argument("--version", action="version", version=f"sdlora {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"sdlora.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"sdlora.commands.{name}":
+                continue  # not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug may come anywhere on the line.
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except SdloraError as exc:
+        if debug:
+            raise
+        print(f"sdlora {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sdlora {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a failure during work: one line, exit 1
+        if debug:
+            raise
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"sdlora {args.command}: failed: {type(exc).__name__}: {detail} (rerun with --debug for the "
+              f"traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

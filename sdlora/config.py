@@ -1,0 +1,322 @@
+"""The typed run configuration: a preset (YAML) plus `--set` overrides, validated once into `Config`.
+
+Each section is a dataclass whose fields carry their default, their allowed range and a one-line help text in
+`metadata`. Validation walks the dataclasses, so adding an option is adding one field. Every problem is a
+`SdloraError` that names the dotted key (and, for an unknown key, the nearest valid one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from sdlora.errors import SdloraError
+
+
+def opt(default: Any = dataclasses.MISSING, *, help: str, min: float | None = None, max: float | None = None,
+        default_factory: Any = dataclasses.MISSING):
+    """A config field with its help text and range."""
+    meta = {"help": help, "min": min, "max": max}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    dir: str = opt("", help="folder of images with same-stem caption files (searched recursively)")
+    resolution: int = opt(512, min=64, max=4096, help="training side length in pixels (area for buckets)")
+    caption_extension: str = opt(".txt", help="caption file extension, e.g. .txt or .caption")
+    default_caption: str = opt("", help="caption used (with a warning) for an image without a caption file")
+    trigger: str = opt("", help="trigger word or prefix put in front of every caption")
+    repeats: int = opt(1, min=1, max=10000, help="times each image is seen per epoch (kohya N_name folders multiply)")
+    flip: bool = opt(False, help="random horizontal flip (off for subjects whose left/right matter)")
+    center_crop: bool = opt(True, help="center crop after resizing; false crops at a random position")
+    shuffle_tags: bool = opt(False, help="shuffle comma-separated tags, keeping the first keep_tokens in place")
+    keep_tokens: int = opt(0, min=0, max=100, help="leading tags that shuffling and tag dropout never touch")
+    caption_dropout: float = opt(0.0, min=0.0, max=1.0, help="rate of training with an empty caption")
+    tag_dropout: float = opt(0.0, min=0.0, max=1.0, help="rate at which each (non-kept) tag is dropped")
+    buckets: bool = opt(False, help="aspect-ratio buckets of equal area instead of square crops")
+    bucket_min: int = opt(256, min=64, max=4096, help="smallest bucket side in pixels")
+    bucket_max: int = opt(1024, min=64, max=8192, help="largest bucket side in pixels")
+    bucket_step: int = opt(64, min=8, max=256, help="bucket sides are multiples of this")
+    allow_upscale: bool = opt(False, help="use images smaller than the target size by upscaling them")
+    cache: Literal["none", "memory", "disk"] = opt("none", help="cache VAE latents and text embeddings")
+    reg_dir: str = opt("", help="optional regularization (prior preservation) image folder")
+    reg_weight: float = opt(1.0, min=0.0, max=10.0, help="loss weight of regularization images")
+    num_workers: int = opt(0, min=0, max=64, help="data loader worker processes (0 loads in the main process)")
+
+
+@dataclass
+class NetworkConfig:
+    rank: int = opt(16, min=1, max=1024, help="LoRA rank r")
+    alpha: Optional[float] = opt(None, min=0.0, max=100000.0, help="LoRA alpha; output scaled by alpha/rank (default: rank)")
+    dropout: float = opt(0.0, min=0.0, max=0.9, help="dropout on the LoRA path during training")
+    targets: list[str] = opt(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
+                             help="UNet module name suffixes that get a LoRA")
+
+    @property
+    def effective_alpha(self) -> float:
+        return float(self.rank if self.alpha is None else self.alpha)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = opt(1000, min=1, max=10_000_000, help="optimizer steps")
+    batch_size: int = opt(1, min=1, max=4096, help="images per micro-batch")
+    gradient_accumulation: int = opt(1, min=1, max=1024, help="micro-batches per optimizer step")
+    lr: float = opt(1e-4, min=0.0, max=1.0, help="peak learning rate")
+    optimizer: Literal["adamw", "adamw8bit"] = opt("adamw", help="adamw, or adamw8bit (bitsandbytes, GPU)")
+    weight_decay: float = opt(1e-2, min=0.0, max=10.0, help="AdamW weight decay")
+    adam_beta1: float = opt(0.9, min=0.0, max=1.0, help="AdamW beta1")
+    adam_beta2: float = opt(0.999, min=0.0, max=1.0, help="AdamW beta2")
+    adam_epsilon: float = opt(1e-8, min=0.0, max=1.0, help="AdamW epsilon")
+    scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = opt(
+        "constant", help="learning-rate schedule")
+    warmup_steps: int = opt(0, min=0, max=10_000_000, help="linear warm-up steps")
+    max_grad_norm: float = opt(1.0, min=0.0, max=1e6, help="gradient clipping norm (0 turns it off)")
+    mixed_precision: Literal["no", "fp16", "bf16"] = opt("no", help="frozen weights and autocast precision")
+    min_snr_gamma: Optional[float] = opt(None, min=0.0, max=100.0, help="Min-SNR loss weighting gamma (e.g. 5)")
+    noise_offset: float = opt(0.0, min=0.0, max=1.0, help="offset noise strength")
+    seed: int = opt(42, min=0, max=2**31 - 1, help="seed for LoRA init, data order and noise")
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", help="where to train")
+    gradient_checkpointing: bool = opt(False, help="trade compute for memory in the UNet")
+    max_bad_steps: int = opt(5, min=1, max=1000, help="non-finite losses in a row that stop the run")
+
+
+@dataclass
+class SampleConfig:
+    every: int = opt(0, min=0, max=10_000_000, help="sample every N steps (0: only at the end)")
+    prompts: list[str] = opt(default_factory=list, help="prompts to sample")
+    negative_prompt: str = opt("", help="negative prompt for samples")
+    steps: int = opt(20, min=1, max=1000, help="sampling steps")
+    guidance: float = opt(7.5, min=0.0, max=50.0, help="classifier-free guidance scale")
+    seed: int = opt(0, min=0, max=2**31 - 1, help="fixed sampling seed, so samples are comparable over time")
+    scheduler: Literal["ddim", "euler", "euler_a", "dpmpp_2m", "lcm"] = opt("ddim", help="sampling scheduler")
+    size: Optional[int] = opt(None, min=64, max=4096, help="sample side in pixels (default: data.resolution)")
+
+
+@dataclass
+class SaveConfig:
+    every: int = opt(0, min=0, max=10_000_000, help="checkpoint every N steps (0: only at the end)")
+    format: Literal["kohya", "diffusers"] = opt("kohya", help="adapter key format")
+    dtype: Literal["fp32", "fp16", "bf16"] = opt("fp32", help="adapter tensor precision")
+    keep_checkpoints: int = opt(3, min=1, max=1000, help="newest checkpoints kept on disk")
+    output_dir: str = opt("outputs", help="folder that holds run folders")
+
+
+@dataclass
+class LcmConfig:
+    num_ddim_timesteps: int = opt(50, min=2, max=1000, help="DDIM skipping-schedule length of the ODE solver")
+    w_min: float = opt(3.0, min=0.0, max=30.0, help="smallest teacher guidance scale drawn per sample")
+    w_max: float = opt(15.0, min=0.0, max=30.0, help="largest teacher guidance scale drawn per sample")
+    huber_c: float = opt(0.001, min=0.0, max=10.0, help="pseudo-Huber loss constant")
+    timestep_scaling: float = opt(10.0, min=0.0, max=1000.0, help="boundary-condition timestep scaling")
+
+
+@dataclass
+class Config:
+    name: str = opt("lora", help="run name: outputs/NAME and NAME.safetensors")
+    model: str = opt("tiny", help="'tiny' (built-in) or a path to a diffusers-format model folder")
+    mode: Literal["standard", "lcm"] = opt("standard", help="standard LoRA, or LCM-LoRA distillation")
+    data: DataConfig = opt(default_factory=DataConfig, help="data set")
+    network: NetworkConfig = opt(default_factory=NetworkConfig, help="LoRA network")
+    train: TrainConfig = opt(default_factory=TrainConfig, help="optimization")
+    sample: SampleConfig = opt(default_factory=SampleConfig, help="sample images during training")
+    save: SaveConfig = opt(default_factory=SaveConfig, help="adapter and checkpoints")
+    lcm: LcmConfig = opt(default_factory=LcmConfig, help="LCM-LoRA distillation (mode: lcm)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None)) + " or null"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; return it (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        more = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise SdloraError(f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}{more}")
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise SdloraError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise SdloraError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SdloraError(f"{prefix or 'preset'}: expected a mapping of keys, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else \
+                f"valid keys: {', '.join(fields)}"
+            raise SdloraError(f"unknown key '{dotted}': {hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, dotted)
+            continue
+        value = _coerce(value, tp, dotted)
+        meta = fields[key].metadata
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            lo, hi = meta.get("min"), meta.get("max")
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                raise SdloraError(f"{dotted}: {value} is out of range [{lo}, {hi}] ({meta['help']})")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _cross_checks(cfg: Config) -> None:
+    if cfg.lcm.w_min > cfg.lcm.w_max:
+        raise SdloraError(f"lcm.w_min ({cfg.lcm.w_min}) must not exceed lcm.w_max ({cfg.lcm.w_max})")
+    if cfg.data.bucket_min > cfg.data.bucket_max:
+        raise SdloraError("data.bucket_min must not exceed data.bucket_max")
+    if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name in (".", ".."):
+        raise SdloraError(f"name: {cfg.name!r} must be a plain folder name (no slashes)")
+    if not cfg.network.targets:
+        raise SdloraError("network.targets: name at least one module, e.g. [to_q, to_k, to_v, to_out.0]")
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a nested dict (a parsed preset with overrides applied) into a `Config`."""
+    cfg = _build(Config, raw, "")
+    _cross_checks(cfg)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.steps=200` -> (['train', 'steps'], 200); the value is parsed as YAML (so 1e-4, true, [a, b] work)."""
+    if "=" not in text:
+        raise SdloraError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.steps=200")
+    key, _, value_text = text.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise SdloraError(f"--set {text!r}: the key is empty")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else ""
+    except yaml.YAMLError:
+        value = value_text
+    # YAML reads '1e-4' as a string; numbers written that way are meant as floats.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") and value.strip() else value
+        except ValueError:
+            pass
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SdloraError(f"--set {text!r}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SdloraError(f"{path}: preset file not found (see presets/ for examples)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SdloraError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SdloraError(f"{path}: a preset is a mapping of sections (name, model, data, ...)")
+    return raw
+
+
+def load_config(preset: Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a preset file, apply `--set` overrides, validate. Errors name the preset file and key."""
+    raw = read_yaml(Path(preset)) if preset is not None else {}
+    raw = apply_overrides(raw, list(overrides or []))
+    try:
+        return config_from_dict(raw)
+    except SdloraError as exc:
+        where = f"{preset}: " if preset is not None else ""
+        raise SdloraError(f"{where}{exc}") from None
+
+
+def describe_options(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(dotted key, help, default) for every option: the reference that README and UI show."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        dotted = f"{prefix}.{f.name}" if prefix else f.name
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe_options(tp, dotted))
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            rows.append((dotted, f.metadata.get("help", ""), default))
+    return rows

@@ -1,0 +1,128 @@
+"""Load a base model's components from a built-in name or a diffusers-format folder, never from a hub."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdlora.errors import SdloraError
+from sdlora.models.registry import builtin_models
+
+# Never reach for a hub, whatever the caller's environment says: a missing file must be an error, not a download.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass
+class Components:
+    """The parts of a Stable Diffusion model that training needs, and facts read from their configs."""
+
+    path: Path
+    family: str  # "sd1" | "sd2" | "sdxl"
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    noise_scheduler: Any  # DDPMScheduler with the model's training schedule
+
+    @property
+    def prediction_type(self) -> str:
+        return self.noise_scheduler.config.prediction_type
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_scaling(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def latent_shift(self) -> float:
+        return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+
+
+def resolve_model(ref: str) -> Path:
+    """A built-in name or a folder path -> the folder, checked to be a diffusers-format SD model."""
+    builtins = builtin_models()
+    if ref in builtins:
+        return builtins[ref].ensure()
+    path = Path(ref).expanduser()
+    if not path.exists():
+        names = ", ".join(builtins)
+        raise SdloraError(f"model '{ref}': no such folder; give a diffusers-format model folder or a built-in "
+                          f"model ({names})")
+    if path.is_file():
+        raise SdloraError(f"model '{ref}': single-file checkpoints are not supported yet; convert it to a "
+                          f"diffusers folder or give a diffusers-format model folder")
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise SdloraError(f"model '{ref}': {index} is missing; this is not a diffusers-format model folder")
+    try:
+        json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SdloraError(f"model '{ref}': {index} is not valid JSON ({exc})") from None
+    missing = [sub for sub in SD_SUBFOLDERS if not (path / sub).is_dir()]
+    if missing:
+        raise SdloraError(f"model '{ref}': subfolder(s) {', '.join(missing)} missing; a Stable Diffusion folder "
+                          f"has {', '.join(SD_SUBFOLDERS)}")
+    return path
+
+
+def detect_family(path: Path) -> str:
+    index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    if "text_encoder_2" in index or "XL" in str(index.get("_class_name", "")):
+        return "sdxl"
+    unet_cfg = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
+    return "sd2" if unet_cfg.get("cross_attention_dim") == 1024 else "sd1"
+
+
+def _load(cls: Any, path: Path, sub: str, **kwargs: Any) -> Any:
+    try:
+        return cls.from_pretrained(path, subfolder=sub, local_files_only=True, **kwargs)
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SdloraError(f"model '{path}': cannot load {sub}/ ({first}); the folder is incomplete or "
+                          f"damaged") from None
+
+
+def load_components(ref: str, *, dtype: torch.dtype = torch.float32) -> Components:
+    """Load the UNet, VAE, text encoder, tokenizer and training noise schedule of `ref` (on the CPU)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    path = resolve_model(ref)
+    family = detect_family(path)
+    if family == "sdxl":
+        raise SdloraError(f"model '{ref}': SDXL models are not supported yet; use an SD 1.x or 2.x model")
+    return Components(
+        path=path,
+        family=family,
+        unet=_load(UNet2DConditionModel, path, "unet", dtype=dtype),
+        vae=_load(AutoencoderKL, path, "vae", dtype=dtype),
+        text_encoder=_load(CLIPTextModel, path, "text_encoder", dtype=dtype),
+        tokenizer=_load(CLIPTokenizer, path, "tokenizer"),
+        noise_scheduler=_load(DDPMScheduler, path, "scheduler"),
+    )
+
+
+def load_pipeline(ref: str, *, dtype: torch.dtype = torch.float32):
+    """The whole StableDiffusionPipeline of `ref`, for sampling and previews."""
+    from diffusers import StableDiffusionPipeline
+
+    path = resolve_model(ref)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype,
+                                                       safety_checker=None, requires_safety_checker=False)
+    except (OSError, ValueError) as exc:
+        raise SdloraError(f"model '{ref}': cannot load the pipeline ({str(exc).splitlines()[0]})") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
