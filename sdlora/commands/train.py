@@ -1,0 +1,133 @@
+"""`sdlora train --preset FILE [--set KEY=VALUE]... [--resume RUN_DIR] [--dry-run]`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import sys
+from pathlib import Path
+
+from sdlora.config import Config, load_config
+from sdlora.errors import SdloraError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a LoRA from a preset")
+    p.add_argument("--preset", type=Path, help="preset YAML (see presets/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset key, e.g. --set train.steps=200 (repeatable)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR (outputs/NAME)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and plan, then exit")
+    p.set_defaults(handler=run)
+
+
+def resolve_data_dir(config: Config, preset: Path | None) -> Config:
+    """A relative data.dir is looked up from the current folder, then from the preset's folder and its parent."""
+    for section in ("dir", "reg_dir"):
+        value = getattr(config.data, section)
+        if not value or Path(value).is_absolute():
+            continue
+        candidates = [Path.cwd() / value]
+        if preset is not None:
+            candidates += [preset.parent / value, preset.parent.parent / value]
+        found = next((c for c in candidates if c.is_dir()), None)
+        if found is None:
+            tried = ", ".join(str(c) for c in dict.fromkeys(candidates))
+            raise SdloraError(f"data.{section}: folder '{value}' not found (looked in {tried}); fix the path in "
+                              f"the preset or pass --set data.{section}=PATH")
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, **{section: str(found.resolve())}))
+    return config
+
+
+def run(args) -> int:
+    from sdlora.events import ConsoleReporter, EventBus, JsonlWriter
+    from sdlora.train.rundir import new_run, open_run
+    from sdlora.train.trainer import StopFlag, Trainer
+
+    if args.resume is None and args.preset is None:
+        raise SdloraError("give --preset FILE (see presets/) or --resume outputs/NAME")
+    if args.resume is not None:
+        config, paths = open_run(args.resume, args.overrides)
+    else:
+        config = resolve_data_dir(load_config(args.preset, args.overrides), args.preset)
+        paths = None
+    if args.dry_run:
+        return dry_run(config)
+    if paths is None:
+        paths = new_run(config)
+
+    events = EventBus([JsonlWriter(paths.events), ConsoleReporter()])
+    stop = StopFlag()
+    install_stop_handlers(stop)
+    trainer = Trainer(config, paths, events, stop)
+    try:
+        trainer.setup()
+        result = trainer.run(resume=args.resume is not None)
+    except SdloraError as exc:
+        events.emit("error", message=str(exc))
+        raise
+    except Exception as exc:
+        events.emit("error", message=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+        raise
+    finally:
+        events.close()
+    if result.status == "error":
+        return 1
+    print(f"adapter: {result.adapter_path}" if result.adapter_path else "", file=sys.stderr)
+    return 0
+
+
+def install_stop_handlers(stop) -> None:
+    """First SIGINT/SIGTERM: finish the step, save, exit. A second SIGINT aborts at once."""
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if stop.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.request(f"{name} received")
+        print(f"\n{name}: stopping after this step and saving (Ctrl-C again aborts without saving)",
+              file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def dry_run(config: Config) -> int:
+    """Print the resolved config, the data, the network size and the plan; touch nothing."""
+    import torch
+
+    from sdlora.data.dataset import build_dataset, summarize
+    from sdlora.models import load_components
+    from sdlora.network import add_lora, count_parameters
+    from sdlora.train.trainer import pick_device
+
+    print("# resolved config")
+    print(config.to_yaml())
+    dataset = build_dataset(config.data)
+    print("# data")
+    for line in summarize(dataset).lines():
+        print(f"  {line}")
+    components = load_components(config.model)
+    modules = add_lora(components.unet, config.network, seed=config.train.seed)
+    trainable, total = count_parameters(components.unet)
+    train = config.train
+    per_step = train.batch_size * train.gradient_accumulation
+    steps_per_epoch = max(1, len(dataset) // per_step)
+    device = pick_device(train.device)
+    print("# network")
+    print(f"  LoRA rank {config.network.rank}, alpha {config.network.effective_alpha} on {len(modules)} modules "
+          f"({', '.join(config.network.targets)})")
+    print(f"  trainable parameters: {trainable:,} ({100 * trainable / total:.2f}% of the UNet's {total:,})")
+    print("# plan")
+    print(f"  model: {config.model} ({components.family}, {components.prediction_type} prediction)")
+    print(f"  {train.steps} steps x {per_step} samples = {train.steps * per_step} samples, "
+          f"~{math.ceil(train.steps / steps_per_epoch)} epoch(s) of {steps_per_epoch} steps")
+    print(f"  optimizer {train.optimizer}, lr {train.lr} ({train.scheduler}, warmup {train.warmup_steps}), "
+          f"precision {train.mixed_precision}, device {device.type}"
+          + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
+    every = config.sample.every
+    print(f"  samples: {len(config.sample.prompts)} prompt(s) "
+          + (f"every {every} steps and at the end" if every else "at the end"))
+    print(f"  checkpoints: " + (f"every {config.save.every} steps and " if config.save.every else "")
+          + f"at the end -> {Path(config.save.output_dir) / config.name}")
+    return 0

@@ -1,0 +1,104 @@
+"""Checkpoints: everything needed to continue a run exactly, written as one folder that appears atomically.
+
+checkpoints/step-000500/
+  lora_state.safetensors   live LoRA weights, fp32, peft names (exact)
+  optimizer.pt             optimizer state
+  lr_scheduler.pt          learning-rate schedule state
+  rng.pt                   torch/python/numpy (and CUDA) RNG states
+  trainer_state.json       step, bad-step streak, sdlora version; written last, so its presence marks
+                           a complete checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from sdlora import __version__
+from sdlora.adapters.state import Adapter, LoraLayer
+
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    bad_steps: int
+
+
+def _adapter_tensors(adapter: Adapter) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for name, layer in adapter.layers.items():
+        tensors[f"{name}.down"] = layer.down.contiguous()
+        tensors[f"{name}.up"] = layer.up.contiguous()
+        tensors[f"{name}.alpha"] = torch.tensor(float(layer.alpha), dtype=torch.float64)
+    return tensors
+
+
+def _adapter_from_tensors(tensors: dict[str, torch.Tensor]) -> Adapter:
+    names = {k.rsplit(".", 1)[0] for k in tensors}
+    return Adapter(layers={n: LoraLayer(tensors[f"{n}.down"], tensors[f"{n}.up"], tensors[f"{n}.alpha"].item())
+                           for n in sorted(names)})
+
+
+def save_checkpoint(folder: Path, step: int, adapter: Adapter, optimizer, lr_scheduler, bad_steps: int,
+                    extra_files: dict[str, callable] | None = None, keep: int = 3) -> Path:
+    """Write checkpoints/step-N atomically (built as a hidden folder, then renamed); prune old ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / checkpoint_name(step)
+    tmp = folder / f".{checkpoint_name(step)}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(_adapter_tensors(adapter), tmp / "lora_state.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
+    for name, write in (extra_files or {}).items():
+        write(tmp / name)
+    state = {"step": step, "bad_steps": bad_steps, "sdlora_version": __version__}
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in list_checkpoints(folder)[:-keep]:
+        shutil.rmtree(old.path, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(folder: Path) -> list[Checkpoint]:
+    """Complete checkpoints, oldest first (a folder without trainer_state.json was cut off and is ignored)."""
+    found = []
+    for path in sorted(folder.glob("step-*")) if folder.is_dir() else []:
+        state_file = path / STATE_FILE
+        if state_file.is_file():
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+            found.append(Checkpoint(path, int(state["step"]), int(state.get("bad_steps", 0))))
+    return sorted(found, key=lambda c: c.step)
+
+
+def load_checkpoint(ckpt: Checkpoint, optimizer, lr_scheduler) -> Adapter:
+    """Restore optimizer, schedule and RNG states; return the LoRA weights to load into the network."""
+    optimizer.load_state_dict(torch.load(ckpt.path / "optimizer.pt", weights_only=True))
+    lr_scheduler.load_state_dict(torch.load(ckpt.path / "lr_scheduler.pt", weights_only=False))
+    rng = torch.load(ckpt.path / "rng.pt", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return _adapter_from_tensors(load_file(ckpt.path / "lora_state.safetensors"))

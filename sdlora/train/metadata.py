@@ -1,0 +1,54 @@
+"""The metadata written into every adapter: kohya's ss_* fields (which A1111 and ComfyUI show) and sdlora's own."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from sdlora import __version__
+from sdlora.config import Config
+
+BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+
+
+def adapter_metadata(config: Config, *, family: str, prediction_type: str, num_images: int, steps_done: int,
+                     started_at: float) -> dict[str, str]:
+    network, train, data = config.network, config.train, config.data
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(network.rank),
+        "ss_network_alpha": str(network.effective_alpha),
+        "ss_network_dropout": str(network.dropout),
+        "ss_base_model_version": BASE_MODEL_VERSION.get(family, family),
+        "ss_v2": str(family == "sd2"),
+        "ss_v_parameterization": str(prediction_type == "v_prediction"),
+        "ss_sd_model_name": str(config.model),
+        "ss_resolution": f"({data.resolution}, {data.resolution})",
+        "ss_steps": str(steps_done),
+        "ss_max_train_steps": str(train.steps),
+        "ss_num_train_images": str(num_images * data.repeats),
+        "ss_batch_size_per_device": str(train.batch_size),
+        "ss_gradient_accumulation_steps": str(train.gradient_accumulation),
+        "ss_learning_rate": str(train.lr),
+        "ss_unet_lr": str(train.lr),
+        "ss_text_encoder_lr": "0",
+        "ss_lr_scheduler": train.scheduler,
+        "ss_lr_warmup_steps": str(train.warmup_steps),
+        "ss_optimizer": train.optimizer,
+        "ss_mixed_precision": train.mixed_precision,
+        "ss_seed": str(train.seed),
+        "ss_noise_offset": str(train.noise_offset),
+        "ss_min_snr_gamma": str(train.min_snr_gamma),
+        "ss_output_name": config.name,
+        "ss_training_started_at": str(started_at),
+        "ss_training_finished_at": str(time.time()),
+        "ss_network_args": json.dumps({"targets": list(network.targets)}),
+        "sdlora_version": __version__,
+        "sdlora_mode": config.mode,
+        "sdlora_base_model": str(config.model),
+        "sdlora_config": config.to_json(),
+    }
+    if config.mode == "lcm":
+        # What an LCM adapter wants at inference (LCM-LoRA, Luo et al. 2023, sec. 4): few steps, low guidance.
+        meta.update({"sdlora_lcm_scheduler": "lcm", "sdlora_lcm_steps": "4", "sdlora_lcm_guidance": "1.5"})
+    return meta

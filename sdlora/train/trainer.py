@@ -1,0 +1,262 @@
+"""The training loop, top to bottom: set up, then one optimizer step at a time, with events out.
+
+Every random draw of step s (data order and augmentation, noise, timesteps, LoRA dropout) is derived from
+(seed, s), so a run stopped at step s and resumed from its checkpoint is bitwise identical on the CPU to one
+that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from sdlora.config import Config
+from sdlora.data import SampleKey, TrainDataset, build_dataset, collate
+from sdlora.errors import SdloraError
+from sdlora.events import EventBus
+from sdlora.network import add_lora, count_parameters, extract_adapter, load_into, lora_parameters
+from sdlora.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from sdlora.train.encode import BatchEncoder
+from sdlora.train.metadata import adapter_metadata
+from sdlora.train.objective import denoising_loss
+from sdlora.train.optim import make_lr_scheduler, make_optimizer
+from sdlora.train.rundir import RunPaths
+from sdlora.train.sampling import sample_images
+
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class StopFlag:
+    """Set by a signal handler or the UI; the loop stops cleanly after the current step."""
+
+    requested: bool = False
+    reason: str = ""
+
+    def request(self, reason: str) -> None:
+        self.requested, self.reason = True, reason
+
+
+@dataclass
+class TrainResult:
+    status: str  # "done" | "stopped" | "error"
+    step: int
+    adapter_path: Path | None
+    losses: list[float] = field(default_factory=list)
+
+
+def step_seed(seed: int, step: int, salt: int = 0) -> int:
+    return (seed * 1_000_003 + step * 7_919 + salt) % (2**63 - 1)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise SdloraError("train.device: cuda was asked for but no CUDA GPU is visible; use auto or cpu")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class MicroBatchPlan:
+    """The micro-batches of a run from a given index on, across epochs: lists of SampleKey for the DataLoader."""
+
+    def __init__(self, dataset: TrainDataset, batch_size: int, seed: int, start: int,
+                 num_processes: int = 1, process_index: int = 0):
+        self.dataset, self.batch_size, self.seed, self.start = dataset, batch_size, seed, start
+        self.num_processes, self.process_index = num_processes, process_index
+        global_batch = batch_size * num_processes
+        self.per_epoch = len(dataset.epoch_batches(0, global_batch, seed))
+        if self.per_epoch == 0:
+            raise SdloraError(f"train.batch_size: {batch_size} x {num_processes} process(es) is larger than the "
+                              f"{len(dataset)} samples of an epoch; lower it or raise data.repeats")
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        index = self.start
+        while True:
+            epoch, within = divmod(index, self.per_epoch)
+            batches = self.dataset.epoch_batches(epoch, self.batch_size * self.num_processes, self.seed)
+            for batch in batches[within:]:
+                # Each process takes its own slice of the global batch (data parallelism).
+                yield batch[self.process_index::self.num_processes]
+            index = (epoch + 1) * self.per_epoch
+
+
+def collect_warnings(events: EventBus):
+    """Route `warnings.warn` from the library (e.g. a missing caption) into `warning` events."""
+    @contextlib.contextmanager
+    def scope():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        for w in caught:
+            if issubclass(w.category, (DeprecationWarning, FutureWarning)):
+                continue
+            events.emit("warning", message=str(w.message))
+    return scope()
+
+
+class Trainer:
+    def __init__(self, config: Config, paths: RunPaths, events: EventBus, stop: StopFlag | None = None):
+        self.config, self.paths, self.events = config, paths, events
+        self.stop = stop or StopFlag()
+        self.train_cfg = config.train
+        self.device = pick_device(config.train.device)
+        self.dtype = DTYPES[config.train.mixed_precision]
+        if self.device.type == "cpu" and self.dtype == torch.float16:
+            raise SdloraError("train.mixed_precision: fp16 needs a GPU; use bf16 or no on the CPU")
+
+    # ------------------------------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        from accelerate import Accelerator
+
+        from sdlora.models import load_components
+
+        cfg = self.config
+        self.accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision,
+                                       cpu=self.device.type == "cpu")
+        self.device = self.accelerator.device
+        with collect_warnings(self.events):
+            self.dataset = build_dataset(cfg.data)
+        # Frozen parts live in the training precision: no fp32 copies of the base weights.
+        self.components = load_components(cfg.model, dtype=self.dtype)
+        c = self.components
+        for module in (c.vae, c.text_encoder):
+            module.requires_grad_(False).eval().to(self.device)
+        self.target_modules = add_lora(c.unet, cfg.network, seed=cfg.train.seed)
+        if cfg.train.gradient_checkpointing:
+            c.unet.enable_gradient_checkpointing()
+        c.unet.to(self.device).train()
+        self.params = lora_parameters(c.unet)
+        self.optimizer = make_optimizer(self.params, cfg.train, self.device)
+        self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg.train)
+        self.unet, self.optimizer = self.accelerator.prepare(c.unet, self.optimizer)
+        self.encoder = BatchEncoder(c, self.device, self.dtype)
+        self.trainable, self.total_params = count_parameters(c.unet)
+
+    def metadata(self, steps_done: int) -> dict[str, str]:
+        return adapter_metadata(self.config, family=self.components.family,
+                                prediction_type=self.components.prediction_type,
+                                num_images=len(self.dataset.records), steps_done=steps_done,
+                                started_at=self.started_at)
+
+    # ------------------------------------------------------------------------------------------ saving
+    def save_adapter(self, path: Path, steps_done: int) -> Path:
+        from sdlora.adapters.io import save_adapter
+
+        adapter = extract_adapter(self.accelerator.unwrap_model(self.unet), self.metadata(steps_done))
+        save_adapter(adapter, path, fmt=self.config.save.format, dtype=self.config.save.dtype)
+        return path
+
+    def save_checkpoint(self, step: int, bad_steps: int) -> Path:
+        adapter = extract_adapter(self.accelerator.unwrap_model(self.unet))
+        name = f"{self.config.name}.safetensors"
+        path = save_checkpoint(self.paths.checkpoints, step, adapter, self.optimizer, self.lr_scheduler, bad_steps,
+                               extra_files={name: lambda p: self.save_adapter(p, step)},
+                               keep=self.config.save.keep_checkpoints)
+        self.events.emit("checkpoint", step=step, total_steps=self.train_cfg.steps, path=path)
+        return path
+
+    def sample(self, step: int) -> None:
+        if not self.config.sample.prompts:
+            return
+        folder = self.paths.samples / f"step-{step:06d}"
+        images = sample_images(self.components, self.accelerator.unwrap_model(self.unet), self.config.sample,
+                               self.config.data.resolution, folder, self.device, self.dtype)
+        self.events.emit("sample", step=step, path=folder, images=[str(p) for p in images])
+
+    # ------------------------------------------------------------------------------------------ the loop
+    def run(self, resume: bool = False) -> TrainResult:
+        cfg, train = self.config, self.config.train
+        self.started_at = time.time()
+        start_step, bad_steps = 0, 0
+        if resume:
+            checkpoints = list_checkpoints(self.paths.checkpoints)
+            if not checkpoints:
+                raise SdloraError(f"{self.paths.root}: no complete checkpoint to resume from")
+            latest = checkpoints[-1]
+            load_into(self.accelerator.unwrap_model(self.unet),
+                      load_checkpoint(latest, self.optimizer, self.lr_scheduler))
+            start_step, bad_steps = latest.step, latest.bad_steps
+            if start_step >= train.steps:
+                raise SdloraError(f"{self.paths.root}: already trained {start_step} of {train.steps} steps; "
+                                  f"continue with --set train.steps=N (N > {start_step})")
+        accum = train.gradient_accumulation
+        plan = MicroBatchPlan(self.dataset, train.batch_size, train.seed, start=start_step * accum,
+                              num_processes=self.accelerator.num_processes,
+                              process_index=self.accelerator.process_index)
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=plan, collate_fn=collate,
+                                             num_workers=cfg.data.num_workers,
+                                             persistent_workers=cfg.data.num_workers > 0)
+        batches = iter(loader)
+        self.events.emit("start", step=start_step, total_steps=train.steps, path=self.paths.root,
+                         message=f"{len(self.dataset.records)} images, {self.trainable:,} trainable parameters "
+                                 f"in {len(self.target_modules)} modules, on {self.device.type}",
+                         resumed=resume)
+        if start_step == 0 and cfg.sample.every:
+            self.sample(0)  # the "before" picture
+        generator = torch.Generator(self.device)
+        samples_per_step = train.batch_size * accum * self.accelerator.num_processes
+        losses: list[float] = []
+        step = start_step
+        tick = time.perf_counter()
+        while step < train.steps:
+            step += 1
+            torch.manual_seed(step_seed(train.seed, step, salt=1))  # LoRA dropout and anything global
+            generator.manual_seed(step_seed(train.seed, step))
+            self.optimizer.zero_grad(set_to_none=True)
+            step_loss = torch.zeros((), device=self.device)
+            for _ in range(accum):
+                batch = next(batches)
+                latents, text_embeddings = self.encoder(batch, generator)
+                with self.accelerator.autocast():
+                    per_sample = denoising_loss(self.unet, self.components.noise_scheduler, latents,
+                                                text_embeddings, train, generator)
+                loss = (per_sample * batch["loss_weight"].to(self.device)).mean() / accum
+                self.accelerator.backward(loss)
+                step_loss += loss.detach()
+            loss_value = step_loss.item()
+            if not math.isfinite(loss_value):
+                bad_steps += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                self.events.emit("warning", step=step, message=f"non-finite loss ({loss_value}) at step {step}; "
+                                 f"step skipped ({bad_steps} in a row)")
+                if bad_steps >= train.max_bad_steps:
+                    message = (f"{bad_steps} non-finite losses in a row; stopped. The last good checkpoint is "
+                               f"kept; lower train.lr or use mixed_precision bf16/no")
+                    self.events.emit("error", step=step, message=message)
+                    return TrainResult("error", step - bad_steps, None, losses)
+                continue
+            bad_steps = 0
+            if train.max_grad_norm:
+                self.accelerator.clip_grad_norm_(self.params, train.max_grad_norm)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            losses.append(loss_value)
+            now = time.perf_counter()
+            self.events.emit("step", step=step, total_steps=train.steps, loss=round(loss_value, 6),
+                             lr=self.lr_scheduler.get_last_lr()[0],
+                             samples_per_s=round(samples_per_step / max(now - tick, 1e-9), 3))
+            tick = now
+            if self.stop.requested:
+                self.save_checkpoint(step, bad_steps)
+                path = self.save_adapter(self.paths.adapter, step)
+                self.events.emit("stopped", step=step, total_steps=train.steps, path=path,
+                                 message=f"{self.stop.reason}; resume with: sdlora train --resume {self.paths.root}")
+                return TrainResult("stopped", step, path, losses)
+            if cfg.sample.every and step % cfg.sample.every == 0 and step < train.steps:
+                self.sample(step)
+            if cfg.save.every and step % cfg.save.every == 0 and step < train.steps:
+                self.save_checkpoint(step, bad_steps)
+        self.sample(step)
+        self.save_checkpoint(step, bad_steps)
+        path = self.save_adapter(self.paths.adapter, step)
+        self.events.emit("done", step=step, total_steps=train.steps, path=path,
+                         loss=round(losses[-1], 6) if losses else None)
+        return TrainResult("done", step, path, losses)
