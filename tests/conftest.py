@@ -1,0 +1,42 @@
+"""Shared fixtures: offline mode, a private model cache, and small generated image folders."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def make_shape_folder(folder: Path, count: int = 8, size: tuple[int, int] = (64, 64), seed: int = 0) -> Path:
+    """`count` images of coloured circles and squares on white, with captions that say which."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        colour = rng.choice(["red", "blue", "green"])
+        shape = rng.choice(["circle", "square"])
+        img = Image.new("RGB", size, "white")
+        draw = ImageDraw.Draw(img)
+        x, y = rng.randint(0, size[0] // 2), rng.randint(0, size[1] // 2)
+        box = [x, y, x + size[0] // 2, y + size[1] // 2]
+        (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=colour)
+        img.save(folder / f"img{i:03d}.png")
+        (folder / f"img{i:03d}.txt").write_text(f"a {colour} {shape} on a white background", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def shapes_dir(tmp_path: Path) -> Path:
+    return make_shape_folder(tmp_path / "shapes")
+
+
+def write_preset(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
