@@ -54,3 +54,23 @@ def denoising_loss(unet, noise_scheduler, latents: torch.Tensor, text_embeddings
         weight = clipped / (snr_t + 1.0) if prediction_type == "v_prediction" else clipped / snr_t
         loss = loss * weight
     return loss
+
+
+class DenoisingObjective:
+    """mode: standard. Called as objective(unet, latents, text_embeddings, generator) -> per-sample loss."""
+
+    def __init__(self, noise_scheduler, train: TrainConfig):
+        self.noise_scheduler, self.train = noise_scheduler, train
+
+    def __call__(self, unet, latents: torch.Tensor, text_embeddings: torch.Tensor,
+                 generator: torch.Generator) -> torch.Tensor:
+        return denoising_loss(unet, self.noise_scheduler, latents, text_embeddings, self.train, generator)
+
+
+def make_objective(config, components, encoder):
+    """The training objective of `config.mode`: plain denoising, or LCM distillation."""
+    if config.mode == "lcm":
+        from sdlora.train.lcm import LcmObjective
+
+        return LcmObjective(config, components, encoder)
+    return DenoisingObjective(components.noise_scheduler, config.train)

@@ -25,7 +25,7 @@ from sdlora.network import add_lora, count_parameters, extract_adapter, load_int
 from sdlora.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from sdlora.train.encode import BatchEncoder
 from sdlora.train.metadata import adapter_metadata
-from sdlora.train.objective import denoising_loss
+from sdlora.train.objective import make_objective
 from sdlora.train.optim import make_lr_scheduler, make_optimizer
 from sdlora.train.rundir import RunPaths
 from sdlora.train.sampling import sample_images
@@ -138,6 +138,7 @@ class Trainer:
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg.train)
         self.unet, self.optimizer = self.accelerator.prepare(c.unet, self.optimizer)
         self.encoder = BatchEncoder(c, self.device, self.dtype)
+        self.objective = make_objective(cfg, c, self.encoder)
         self.trainable, self.total_params = count_parameters(c.unet)
 
     def metadata(self, steps_done: int) -> dict[str, str]:
@@ -216,8 +217,7 @@ class Trainer:
                 batch = next(batches)
                 latents, text_embeddings = self.encoder(batch, generator)
                 with self.accelerator.autocast():
-                    per_sample = denoising_loss(self.unet, self.components.noise_scheduler, latents,
-                                                text_embeddings, train, generator)
+                    per_sample = self.objective(self.unet, latents, text_embeddings, generator)
                 loss = (per_sample * batch["loss_weight"].to(self.device)).mean() / accum
                 self.accelerator.backward(loss)
                 step_loss += loss.detach()
