@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ def sample_images(components, unet, sample: SampleConfig, resolution: int, folde
     try:
         for i, prompt in enumerate(sample.prompts):
             generator = torch.Generator(device).manual_seed(sample.seed + i)
-            autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else _null()
+            autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
             with torch.no_grad(), autocast:
                 image = pipe(prompt, negative_prompt=sample.negative_prompt or None, height=size, width=size,
                              num_inference_steps=sample.steps, guidance_scale=sample.guidance,
@@ -44,10 +45,3 @@ def sample_images(components, unet, sample: SampleConfig, resolution: int, folde
         unet.train(was_training)
     return paths
 
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
