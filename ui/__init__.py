@@ -1,0 +1,1 @@
+"""The sdlora app (`sdlora-ui`): a Gradio shell over the library with Dataset, Train and Preview tabs."""
