@@ -1,0 +1,63 @@
+"""ui.config_form: the Train tab's form round-trips a config, and Start passes exactly what the user changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sdlora.config import Config, config_from_dict, describe_options, load_config
+from sdlora.errors import SdloraError
+from ui.config_form import MAIN_KEYS, config_fields, config_to_widgets, overrides, preset_yaml, widgets_to_config
+
+PRESETS = Path(__file__).resolve().parents[1] / "presets"
+
+
+def test_every_config_option_has_a_widget_and_the_main_ones_exist():
+    keys = [f.key for f in config_fields()]
+    assert keys == [row[0] for row in describe_options()]
+    assert set(MAIN_KEYS) <= set(keys)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_a_preset_round_trips_through_the_form(preset):
+    fields = config_fields()
+    config = load_config(preset)
+    assert widgets_to_config(fields, config_to_widgets(fields, config)) == config
+    assert overrides(config, config, fields) == []
+
+
+def test_changed_fields_become_set_overrides_that_the_cli_reads_back():
+    from sdlora.config import apply_overrides
+
+    fields = config_fields()
+    base = load_config(PRESETS / "demo.yaml")
+    values = dict(zip([f.key for f in fields], config_to_widgets(fields, base)))
+    values.update({"train.steps": 7.0, "name": "123", "sample.prompts": "a cat\n\n a dog ", "network.alpha": None,
+                   "train.lr": "2e-4", "data.flip": False})
+    config = widgets_to_config(fields, list(values.values()))
+    sets = overrides(base, config, fields)
+    assert "train.steps=7" in sets and 'name="123"' in sets
+    raw = apply_overrides(yaml.safe_load((PRESETS / "demo.yaml").read_text()), sets)
+    assert config_from_dict(raw) == config
+    assert config.sample.prompts == ["a cat", "a dog"] and config.network.alpha is None
+    assert config.train.lr == pytest.approx(2e-4)
+
+
+def test_a_bad_value_names_its_key():
+    fields = config_fields()
+    values = dict(zip([f.key for f in fields], config_to_widgets(fields, Config())))
+    values["train.optimizer"] = "sgd"
+    with pytest.raises(SdloraError, match="train.optimizer"):
+        widgets_to_config(fields, list(values.values()))
+
+
+def test_a_saved_preset_names_only_what_differs_from_the_defaults(tmp_path):
+    fields = config_fields()
+    config = config_from_dict({"name": "mine", "network": {"rank": 4}, "train": {"steps": 9}})
+    text = preset_yaml(config, fields, "saved from the app")
+    assert text.startswith("# saved from the app\n")
+    assert yaml.safe_load(text) == {"name": "mine", "model": "tiny", "network": {"rank": 4}, "train": {"steps": 9}}
+    (tmp_path / "p.yaml").write_text(text)
+    assert load_config(tmp_path / "p.yaml") == config

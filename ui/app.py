@@ -1,0 +1,107 @@
+"""`sdlora-ui`: the Gradio app with the Dataset, Train and Preview tabs.
+
+    sdlora-ui [--host 127.0.0.1] [--port 7860] [--auth USER:PASS] [--root DIR]...
+
+It listens on the loopback address unless told otherwise, and reads and writes only below the project folder
+(the current folder) and each --root. The tabs are thin: data, training and blending are the library's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from pathlib import Path
+
+from sdlora.errors import SdloraError
+from ui.context import AppContext
+from ui.paths import Roots
+from ui.uploads import Limits
+
+CSS = """
+.sdlora-progress { position: relative; height: 28px; border-radius: 6px; background: var(--block-background-fill);
+  border: 1px solid var(--border-color-primary); overflow: hidden; }
+.sdlora-progress-fill { position: absolute; inset: 0 auto 0 0; background: var(--color-accent-soft);
+  transition: width 0.4s; }
+.sdlora-progress span { position: relative; padding: 0 10px; line-height: 28px; font-variant-numeric: tabular-nums; }
+.sdlora-progress[data-state=error] .sdlora-progress-fill { background: #f8d0d0; }
+.sdlora-check .problem { background: #fde8e8; color: #8a1c1c; }
+.sdlora-check .warn { background: #fff4d6; color: #7a5500; }
+.sdlora-check td, .sdlora-check th { padding: 2px 8px; text-align: left; }
+"""
+
+
+def build_app(ctx: AppContext):
+    """The Blocks app for `ctx`; launch it with `launch_kwargs(ctx)`."""
+    import gradio as gr
+
+    from ui import dataset_tab, preview_tab, train_tab
+
+    with gr.Blocks(title="sdlora", analytics_enabled=False) as app:
+        gr.Markdown("## sdlora · train and preview Stable Diffusion LoRAs")
+        with gr.Tabs():
+            with gr.Tab("Dataset", id="dataset", elem_id="tab-dataset"):
+                dataset_tab.build(ctx)
+            with gr.Tab("Train", id="train", elem_id="tab-train"):
+                train_tab.build(ctx)
+            with gr.Tab("Preview", id="preview", elem_id="tab-preview"):
+                preview_tab.build(ctx)
+    return app
+
+
+def launch_kwargs(ctx: AppContext) -> dict:
+    """What `launch()` needs besides host, port and auth: files under the roots may be shown, uploads limited."""
+    return dict(allowed_paths=[str(p) for p in ctx.roots.paths], max_file_size=ctx.limits.max_file_bytes,
+                css=CSS, ssr_mode=False, footer_links=[])
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="sdlora-ui", description="The sdlora app: Dataset, Train and Preview tabs.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--auth", metavar="USER:PASS", help="ask for this user name and password")
+    p.add_argument("--root", action="append", default=[], metavar="DIR",
+                   help="another folder the app may read and write (repeatable); the current folder always is")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    args = parse_args(argv)
+    auth = None
+    if args.auth:
+        user, sep, password = args.auth.partition(":")
+        if not sep or not user or not password:
+            print("sdlora-ui: error: --auth takes USER:PASS, e.g. --auth me:secret", file=sys.stderr)
+            return 2
+        auth = (user, password)
+    if not is_loopback(args.host) and auth is None:
+        bar = "!" * 78
+        print(f"{bar}\nWARNING: sdlora-ui listens on {args.host} without --auth: anyone who can reach this "
+              f"address\ncan read and write files under the allowed folders and start training runs.\n"
+              f"Add --auth USER:PASS, or use the default --host 127.0.0.1.\n{bar}", file=sys.stderr, flush=True)
+    try:
+        ctx = AppContext(roots=Roots.of(Path.cwd(), args.root), limits=Limits())
+    except SdloraError as exc:
+        print(f"sdlora-ui: error: {exc}", file=sys.stderr)
+        return 2
+    app = build_app(ctx)
+    print(f"sdlora-ui: allowed folders: {ctx.roots.describe()}", file=sys.stderr, flush=True)
+    app.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, auth=auth,
+                                                  **launch_kwargs(ctx))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Captions of a data-set folder as the Dataset tab edits them: read, save atomically, bulk edits.
+
+Reading and the trigger rule come from `sdlora.data` (the same the trainer uses); this module only writes the
+caption files beside their images, each with `sdlora.atomic.write_text`, so a crash never leaves half a caption.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdlora.atomic import write_text
+from sdlora.data.captions import read_caption, with_trigger
+from sdlora.data.scan import scan_folder
+
+
+@dataclass(frozen=True)
+class Entry:
+    image: Path
+    caption_path: Path  # where the caption lives or will be written
+    caption: str
+    has_file: bool
+
+
+def caption_path_for(image: Path, extension: str = ".txt") -> Path:
+    return image.with_suffix(extension if extension.startswith(".") else "." + extension)
+
+
+def list_entries(folder: Path, extension: str = ".txt") -> list[Entry]:
+    """Every image of the folder (as training sees them, sorted) with its caption ("" where there is none)."""
+    entries = []
+    for record in scan_folder(folder, extension):
+        path = caption_path_for(record.path, extension)
+        caption = read_caption(path)[0] if path.is_file() else ""
+        entries.append(Entry(record.path, path, caption, path.is_file()))
+    return entries
+
+
+def save_caption(image: Path, caption: str, extension: str = ".txt") -> Path:
+    """Write the caption beside its image, atomically; returns the caption file."""
+    path = caption_path_for(image, extension)
+    write_text(path, caption.strip() + "\n")
+    return path
+
+
+def add_trigger(folder: Path, trigger: str, extension: str = ".txt") -> int:
+    """Put `trigger` in front of every caption that does not start with it; returns how many files changed."""
+    trigger = trigger.strip()
+    if not trigger:
+        return 0
+    changed = 0
+    for entry in list_entries(folder, extension):
+        new = with_trigger(entry.caption, trigger)
+        if new != entry.caption or not entry.has_file:
+            save_caption(entry.image, new, extension)
+            changed += 1
+    return changed
+
+
+def replace_text(folder: Path, find: str, replace: str, extension: str = ".txt") -> int:
+    """Replace `find` with `replace` in every caption (plain text, case-sensitive); returns files changed."""
+    if not find:
+        return 0
+    changed = 0
+    for entry in list_entries(folder, extension):
+        if entry.has_file and find in entry.caption:
+            save_caption(entry.image, " ".join(entry.caption.replace(find, replace).split()), extension)
+            changed += 1
+    return changed

@@ -1,0 +1,154 @@
+"""The Train tab's form, generated from the config dataclasses: one widget per option, so a new option shows up
+in the app without touching it.
+
+The form holds plain widget values; this module converts between them and `Config`, and turns a form into the
+`--set` overrides of a preset (only the keys that differ) or into a new preset (only the keys that differ from the
+defaults, as the presets in presets/ are written).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import yaml
+
+from sdlora.config import Config, config_from_dict
+
+# In view on the Train tab, in this order; every other option goes under "Advanced".
+MAIN_KEYS = ["name", "model", "data.dir", "mode", "network.rank", "network.alpha", "train.steps",
+             "train.batch_size", "train.lr", "data.resolution", "train.mixed_precision", "train.optimizer"]
+
+
+@dataclass(frozen=True)
+class Field:
+    key: str  # dotted, as in presets and --set
+    kind: str  # "choice" | "bool" | "int" | "float" | "str" | "list"
+    help: str
+    default: Any
+    choices: tuple = ()
+    optional: bool = False  # None is a valid value (an empty widget)
+    minimum: float | None = None
+    maximum: float | None = None
+
+    @property
+    def section(self) -> str:
+        return self.key.split(".")[0] if "." in self.key else ""
+
+
+def _field_of(key: str, tp: Any, f: dataclasses.Field) -> Field:
+    optional = False
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        optional = type(None) in typing.get_args(tp)
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        origin = typing.get_origin(tp)
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    meta = f.metadata
+    common = dict(key=key, help=meta.get("help", ""), default=default, optional=optional,
+                  minimum=meta.get("min"), maximum=meta.get("max"))
+    if origin is Literal:
+        return Field(kind="choice", choices=typing.get_args(tp), **common)
+    if origin is list:
+        return Field(kind="list", **common)
+    kind = {bool: "bool", int: "int", float: "float"}.get(tp, "str")
+    return Field(kind=kind, **common)
+
+
+def config_fields(cls: type = Config, prefix: str = "") -> list[Field]:
+    """Every option of the config, depth first, in the dataclasses' order."""
+    fields = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            fields.extend(config_fields(hints[f.name], key))
+        else:
+            fields.append(_field_of(key, hints[f.name], f))
+    return fields
+
+
+def get_value(config: Config, key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def to_widget(field: Field, value: Any) -> Any:
+    """A config value as its widget shows it: lists one item a line, numbers as they are."""
+    if field.kind == "list":
+        return "\n".join(str(v) for v in value or [])
+    return value
+
+
+def from_widget(field: Field, value: Any) -> Any:
+    """A widget's value as the config wants it (validation happens in `config_from_dict`)."""
+    if field.kind == "list":
+        return [line.strip() for line in str(value or "").splitlines() if line.strip()]
+    if value is None or (isinstance(value, str) and not value.strip() and field.kind != "str"):
+        return None if field.optional else field.default
+    if field.kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if field.kind == "float" and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value  # let validation name the key
+    return value
+
+
+def config_to_widgets(fields: list[Field], config: Config) -> list[Any]:
+    return [to_widget(f, get_value(config, f.key)) for f in fields]
+
+
+def widgets_to_raw(fields: list[Field], values: list[Any]) -> dict[str, Any]:
+    """The nested dict of a preset, holding every option of the form."""
+    raw: dict[str, Any] = {}
+    for field, value in zip(fields, values):
+        node = raw
+        *parents, last = field.key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = from_widget(field, value)
+    return raw
+
+
+def widgets_to_config(fields: list[Field], values: list[Any]) -> Config:
+    """Validate the form as a whole; a `SdloraError` names the key that is wrong."""
+    return config_from_dict(widgets_to_raw(fields, values))
+
+
+def overrides(base: Config, config: Config, fields: list[Field]) -> list[str]:
+    """`--set KEY=VALUE` for every option where `config` differs from `base` (the preset as loaded).
+
+    Values are written as JSON, which YAML reads back exactly: strings stay strings ("true", "123"), lists stay
+    lists, floats keep their digits.
+    """
+    out = []
+    for field in fields:
+        value = get_value(config, field.key)
+        if value != get_value(base, field.key):
+            out.append(f"{field.key}={json.dumps(value, ensure_ascii=False)}")
+    return out
+
+
+def preset_yaml(config: Config, fields: list[Field], comment: str = "") -> str:
+    """A preset naming only what differs from the defaults, like the ones in presets/."""
+    defaults = Config()
+    raw: dict[str, Any] = {}
+    for field in fields:
+        value = get_value(config, field.key)
+        if value == get_value(defaults, field.key) and field.key not in ("name", "model"):
+            continue
+        node = raw
+        *parents, last = field.key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    head = "".join(f"# {line}\n" for line in comment.splitlines()) if comment else ""
+    return head + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)

@@ -1,0 +1,144 @@
+"""The Dataset tab: open a data-set folder (or make one from uploads), edit captions, bulk edits, the check report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from sdlora.errors import SdloraError
+from ui import captions
+from ui.check_view import check_html
+from ui.context import AppContext
+from ui.paths import UnsafePath, safe_name
+from ui.uploads import import_uploads
+
+UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".txt", ".caption", ".zip"]
+
+
+def known_folders(ctx: AppContext) -> list[str]:
+    """Data-set folders to offer: the children of datasets/ and examples/ in the project."""
+    found = []
+    for parent in ("datasets", "examples"):
+        base = ctx.project / parent
+        if base.is_dir():
+            found += [str(p.relative_to(ctx.project)) for p in sorted(base.iterdir())
+                      if p.is_dir() and not p.name.startswith(".") and ctx.roots.contains(p)]
+    return found
+
+
+def _gallery(entries: list[captions.Entry]) -> list[tuple[str, str]]:
+    return [(str(e.image), e.caption or "(no caption)") for e in entries]
+
+
+def build(ctx: AppContext) -> None:
+    folders = known_folders(ctx)
+    folder_state = gr.State(None)  # the opened folder, resolved
+    paths_state = gr.State([])  # image paths in gallery order
+    selected = gr.State(None)  # index of the image being edited
+
+    with gr.Row():
+        folder = gr.Dropdown(choices=folders, value=None, allow_custom_value=True, label="Data-set folder",
+                             info="a folder under " + ctx.roots.describe(), elem_id="ds-folder", scale=4)
+        open_btn = gr.Button("Open", variant="primary", elem_id="ds-open", scale=1)
+    with gr.Accordion("New data set from uploaded images or a zip", open=False, elem_id="ds-new"):
+        with gr.Row():
+            new_name = gr.Textbox(label="Name", placeholder="my-set", info="created as datasets/NAME",
+                                  elem_id="ds-new-name")
+            uploads = gr.File(file_count="multiple", file_types=UPLOAD_TYPES, label="Images, captions or a zip",
+                              elem_id="ds-uploads")
+        create_btn = gr.Button("Create data set", elem_id="ds-create")
+    summary = gr.Markdown(elem_id="ds-summary")
+    with gr.Row():
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(label="Images and captions", columns=6, height=420, allow_preview=False,
+                                 elem_id="ds-gallery")
+        with gr.Column(scale=2):
+            image_name = gr.Markdown("Click an image to edit its caption.", elem_id="ds-image-name")
+            caption = gr.Textbox(label="Caption", lines=4, interactive=True, elem_id="ds-caption")
+            save_btn = gr.Button("Save caption", variant="primary", elem_id="ds-save")
+            with gr.Accordion("Bulk edits (every caption in the folder)", open=True):
+                with gr.Row():
+                    trigger = gr.Textbox(label="Trigger word", placeholder="sks", elem_id="ds-trigger", scale=3)
+                    trigger_btn = gr.Button("Add to all", elem_id="ds-add-trigger", scale=1)
+                with gr.Row():
+                    find = gr.Textbox(label="Find", elem_id="ds-find")
+                    repl = gr.Textbox(label="Replace with", elem_id="ds-replace")
+                replace_btn = gr.Button("Replace in all", elem_id="ds-replace-all")
+    with gr.Row():
+        gr.Markdown("### Check")
+        check_btn = gr.Button("Run the check again", elem_id="ds-check", scale=0)
+    report = gr.HTML(elem_id="ds-report")
+
+    # ------------------------------------------------------------------------------------------ handlers
+    def load(path: Path, note: str = ""):
+        entries = captions.list_entries(path)
+        missing = sum(1 for e in entries if not e.has_file)
+        rel = _shown(ctx, path)
+        text = f"**{rel}**: {len(entries)} image(s)" + (f", {missing} without a caption" if missing else "")
+        if note:
+            text += f" · {note}"
+        return (path, [str(e.image) for e in entries], _gallery(entries), text, None,
+                "Click an image to edit its caption.", "", check_html(path))
+
+    outputs = [folder_state, paths_state, gallery, summary, selected, image_name, caption, report]
+
+    def on_open(text):
+        try:
+            return load(ctx.roots.resolve(text or "", kind="dir"))
+        except SdloraError as exc:
+            raise gr.Error(str(exc)) from None
+
+    def on_create(name, files):
+        try:
+            if not files:
+                raise UnsafePath("choose images, caption files or a zip to upload")
+            target = ctx.roots.resolve(f"datasets/{safe_name(name or '', 'data-set name')}", must_exist=False)
+            if target.exists() and any(target.iterdir()):
+                raise UnsafePath(f"{_shown(ctx, target)} exists already and is not empty; choose another name")
+            result = import_uploads([getattr(f, "name", f) for f in files], target, ctx.limits)
+        except SdloraError as exc:
+            raise gr.Error(str(exc)) from None
+        rel = _shown(ctx, target)
+        return (gr.update(choices=known_folders(ctx), value=rel), *load(target, result.summary()))
+
+    def on_select(paths, evt: gr.SelectData):
+        index = evt.index if isinstance(evt.index, int) else evt.index[0]
+        image = Path(paths[index])
+        path = captions.caption_path_for(image)
+        text = captions.read_caption(path)[0] if path.is_file() else ""
+        return index, f"Editing **{image.name}** → `{path.name}`", text
+
+    def on_save(path, paths, index, text):
+        if path is None or index is None:
+            raise gr.Error("Open a folder and click an image first.")
+        image = Path(paths[index])
+        if not ctx.roots.contains(image):
+            raise gr.Error(f"{image} is outside the allowed folders")
+        written = captions.save_caption(image, text)
+        gr.Info(f"Saved {written.name}")
+        entries = captions.list_entries(path)
+        return _gallery(entries), check_html(path)
+
+    def on_bulk(path, action, *args):
+        if path is None:
+            raise gr.Error("Open a folder first.")
+        changed = action(path, *args)
+        gr.Info(f"{changed} caption file(s) changed")
+        return load(path, f"{changed} caption file(s) changed")
+
+    open_btn.click(on_open, [folder], outputs)
+    folder.input(on_open, [folder], outputs)
+    create_btn.click(on_create, [new_name, uploads], [folder, *outputs])
+    gallery.select(on_select, [paths_state], [selected, image_name, caption])
+    save_btn.click(on_save, [folder_state, paths_state, selected, caption], [gallery, report])
+    trigger_btn.click(lambda p, t: on_bulk(p, captions.add_trigger, t), [folder_state, trigger], outputs)
+    replace_btn.click(lambda p, f, r: on_bulk(p, captions.replace_text, f, r), [folder_state, find, repl], outputs)
+    check_btn.click(lambda p: check_html(p) if p else "", [folder_state], [report])
+
+
+def _shown(ctx: AppContext, path: Path) -> str:
+    try:
+        return str(path.relative_to(ctx.project))
+    except ValueError:
+        return str(path)

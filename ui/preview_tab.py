@@ -1,0 +1,125 @@
+"""The Preview tab: a base model, any number of adapters each with a weight, the base and blended images side by
+side, and optionally a row over one adapter's weight. Generation is the library's blender (ui.preview_engine
+keeps one per base model), so moving a slider re-weights the adapters without reloading the base model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from sdlora.errors import SdloraError
+from sdlora.models import builtin_models
+from ui.context import AppContext
+from ui.preview_engine import SCHEDULERS, GenParams, PreviewEngine, adapter_mode
+
+ROW_WEIGHTS = [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def find_adapters(ctx: AppContext) -> list[str]:
+    """Final adapters of the runs in outputs/ and every .safetensors under adapters/, relative to the project."""
+    found = []
+    if ctx.outputs_dir.is_dir():
+        found += [p for p in sorted(ctx.outputs_dir.glob("*/*.safetensors")) if p.stem == p.parent.name]
+    adapters_dir = ctx.project / "adapters"
+    if adapters_dir.is_dir():
+        found += sorted(adapters_dir.rglob("*.safetensors"))
+    return [str(p.relative_to(ctx.project)) for p in found if ctx.roots.contains(p)]
+
+
+def build(ctx: AppContext, engine: PreviewEngine | None = None) -> None:
+    engine = engine or PreviewEngine()
+    models = list(builtin_models())
+    adapters = find_adapters(ctx)
+    with gr.Row():
+        model = gr.Dropdown(choices=models, value=models[0] if models else None, allow_custom_value=True,
+                            label="Base model", info="a built-in model or a diffusers folder under the allowed "
+                            "folders", elem_id="pv-model", scale=2)
+        picked = gr.Dropdown(choices=adapters, value=[], multiselect=True, label="Adapters",
+                             info="outputs/NAME/NAME.safetensors and adapters/", elem_id="pv-adapters", scale=4)
+        refresh = gr.Button("Refresh list", elem_id="pv-refresh", scale=0)
+    with gr.Row():
+        with gr.Column(scale=2):
+            prompt = gr.Textbox(label="Prompt", lines=2, elem_id="pv-prompt",
+                                value="a sks shape on a white background")
+            negative = gr.Textbox(label="Negative prompt", elem_id="pv-negative")
+            with gr.Row():
+                seed = gr.Number(0, precision=0, label="Seed", elem_id="pv-seed")
+                steps = gr.Slider(1, 100, 20, step=1, label="Steps", elem_id="pv-steps")
+                guidance = gr.Slider(0, 20, 5.0, step=0.1, label="Guidance", elem_id="pv-guidance")
+            with gr.Row():
+                width = gr.Slider(64, 1024, 64, step=8, label="Width", elem_id="pv-width")
+                height = gr.Slider(64, 1024, 64, step=8, label="Height", elem_id="pv-height")
+                scheduler = gr.Dropdown(choices=SCHEDULERS, value="ddim", label="Scheduler",
+                                        info="LCM is chosen for an LCM adapter", elem_id="pv-scheduler")
+        with gr.Column(scale=2, elem_id="pv-weights"):
+            gr.Markdown("**Weights** (-1 to 2)")
+
+            @gr.render(inputs=[picked])
+            def weights(names):
+                sliders = [gr.Slider(-1, 2, 1.0, step=0.05, label=name, key=f"weight:{name}",
+                                     elem_classes=["pv-weight"]) for name in names or []]
+                if not sliders:
+                    gr.Markdown("Pick adapters above; each gets a weight slider here.")
+                state_inputs = [model, prompt, negative, seed, steps, guidance, width, height, scheduler, picked,
+                                row_on, row_adapter]
+                generate.click(on_generate, [*state_inputs, *sliders], [base_img, blend_img, row, note])
+                for slider in sliders:
+                    # On release only: a drag would queue a generation per pixel moved.
+                    slider.release(on_generate, [*state_inputs, *sliders], [base_img, blend_img, row, note],
+                                   trigger_mode="always_last")
+
+    with gr.Row():
+        generate = gr.Button("Generate", variant="primary", elem_id="pv-generate", scale=2)
+        row_on = gr.Checkbox(False, label="Also a row over one adapter's weight (0, 0.25 … 1)", elem_id="pv-row-on")
+        row_adapter = gr.Dropdown(choices=[], label="Row adapter", elem_id="pv-row-adapter")
+    note = gr.Markdown(elem_id="pv-note")
+    with gr.Row():
+        base_img = gr.Image(label="Base model", format="png", interactive=False, elem_id="pv-base", height=320)
+        blend_img = gr.Image(label="With adapters", format="png", interactive=False, elem_id="pv-blend",
+                             height=320)
+    row = gr.Gallery(label="Weight row", columns=len(ROW_WEIGHTS), height=220, interactive=False, elem_id="pv-row")
+
+    # ------------------------------------------------------------------------------------------ handlers
+    def on_generate(model_ref, text, neg, seed_v, steps_v, guidance_v, w, h, sched, names, row_flag, row_name,
+                    *weights_v):
+        try:
+            base = _model(ctx, model_ref)
+            files = [ctx.roots.resolve(name, kind="file") for name in names or []]
+            params = GenParams(prompt=text or "", negative=neg or "", seed=int(seed_v or 0), steps=int(steps_v),
+                               guidance=float(guidance_v), width=int(w), height=int(h), scheduler=sched)
+            pairs = list(zip(files, [float(v) for v in weights_v]))
+            base_image = engine.generate(base, [], params)
+            blended = engine.generate(base, pairs, params) if pairs else None
+            row_images = []
+            if row_flag and row_name in (names or []):
+                at = list(names).index(row_name)
+                for weight in ROW_WEIGHTS:
+                    varied = [(p, weight if i == at else wv) for i, (p, wv) in enumerate(pairs)]
+                    row_images.append((engine.generate(base, varied, params), f"{Path(row_name).stem} {weight:g}"))
+        except SdloraError as exc:
+            raise gr.Error(str(exc)) from None
+        shown = ", ".join(f"{Path(p).stem} {wv:+.2f}" for p, wv in pairs) or "no adapters picked"
+        return base_image, blended, row_images, f"{sched}, {params.steps} steps, guidance {params.guidance:g} · {shown}"
+
+    def on_pick(names, sched, steps_v, guidance_v):
+        lcm = [n for n in names or [] if adapter_mode(ctx.roots.resolve(n, kind="file")).get("mode") == "lcm"]
+        row_update = gr.update(choices=list(names or []), value=(names or [None])[0])
+        if lcm:
+            info = adapter_mode(ctx.roots.resolve(lcm[0], kind="file"))
+            return row_update, info.get("scheduler", "lcm"), info.get("steps", 4), info.get("guidance", 1.5)
+        return row_update, "ddim" if sched == "lcm" else sched, steps_v, guidance_v
+
+    picked.change(on_pick, [picked, scheduler, steps, guidance], [row_adapter, scheduler, steps, guidance])
+    refresh.click(lambda cur: gr.update(choices=find_adapters(ctx), value=[c for c in cur or []
+                                                                         if c in find_adapters(ctx)]),
+                  [picked], [picked])
+
+
+def _model(ctx: AppContext, ref: str | None) -> str:
+    if not ref:
+        raise SdloraError("choose a base model")
+    if ref in builtin_models():
+        return ref
+    return str(ctx.roots.resolve(ref, kind="dir"))
