@@ -32,23 +32,23 @@ def build(ctx: AppContext, engine: PreviewEngine | None = None) -> None:
     engine = engine or PreviewEngine()
     models = list(builtin_models())
     adapters = find_adapters(ctx)
-    with gr.Row():
+    with gr.Row(equal_height=False):
         model = gr.Dropdown(choices=models, value=models[0] if models else None, allow_custom_value=True,
                             label="Base model", info="a built-in model or a diffusers folder under the allowed "
                             "folders", elem_id="pv-model", scale=2)
         picked = gr.Dropdown(choices=adapters, value=[], multiselect=True, label="Adapters",
                              info="outputs/NAME/NAME.safetensors and adapters/", elem_id="pv-adapters", scale=4)
         refresh = gr.Button("Refresh list", elem_id="pv-refresh", scale=0)
-    with gr.Row():
+    with gr.Row(equal_height=False):
         with gr.Column(scale=2):
             prompt = gr.Textbox(label="Prompt", lines=2, elem_id="pv-prompt",
                                 value="a sks shape on a white background")
             negative = gr.Textbox(label="Negative prompt", elem_id="pv-negative")
-            with gr.Row():
+            with gr.Row(equal_height=False):
                 seed = gr.Number(0, precision=0, label="Seed", elem_id="pv-seed")
                 steps = gr.Slider(1, 100, 20, step=1, label="Steps", elem_id="pv-steps")
                 guidance = gr.Slider(0, 20, 5.0, step=0.1, label="Guidance", elem_id="pv-guidance")
-            with gr.Row():
+            with gr.Row(equal_height=False):
                 width = gr.Slider(64, 1024, 64, step=8, label="Width", elem_id="pv-width")
                 height = gr.Slider(64, 1024, 64, step=8, label="Height", elem_id="pv-height")
                 scheduler = gr.Dropdown(choices=SCHEDULERS, value="ddim", label="Scheduler",
@@ -70,12 +70,12 @@ def build(ctx: AppContext, engine: PreviewEngine | None = None) -> None:
                     slider.release(on_generate, [*state_inputs, *sliders], [base_img, blend_img, row, note],
                                    trigger_mode="always_last")
 
-    with gr.Row():
+    with gr.Row(equal_height=False):
         generate = gr.Button("Generate", variant="primary", elem_id="pv-generate", scale=2)
         row_on = gr.Checkbox(False, label="Also a row over one adapter's weight (0, 0.25 … 1)", elem_id="pv-row-on")
         row_adapter = gr.Dropdown(choices=[], label="Row adapter", elem_id="pv-row-adapter")
     note = gr.Markdown(elem_id="pv-note")
-    with gr.Row():
+    with gr.Row(equal_height=False):
         base_img = gr.Image(label="Base model", format="png", interactive=False, elem_id="pv-base", height=320)
         blend_img = gr.Image(label="With adapters", format="png", interactive=False, elem_id="pv-blend",
                              height=320)

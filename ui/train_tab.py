@@ -106,7 +106,7 @@ def build(ctx: AppContext) -> None:
     base_state = gr.State(start_config)  # the preset as loaded: --set carries only what differs from it
     last_sig = gr.State(None)
 
-    with gr.Row():
+    with gr.Row(equal_height=False):
         preset = gr.Dropdown(choices=presets, value=first, label="Preset", info="presets/NAME.yaml",
                              elem_id="train-preset", scale=2)
         new_preset = gr.Textbox(label="Save the settings as preset", placeholder="new preset name",
@@ -116,7 +116,7 @@ def build(ctx: AppContext) -> None:
     by_key = {f.key: f for f in fields}
     with gr.Group():
         for row in range(0, len(MAIN_KEYS), 4):
-            with gr.Row():
+            with gr.Row(equal_height=False):
                 for key in MAIN_KEYS[row:row + 4]:
                     widgets[key] = _widget(by_key[key], ctx, values[key])
     with gr.Accordion("Advanced", open=False, elem_id="train-advanced"):
@@ -127,12 +127,12 @@ def build(ctx: AppContext) -> None:
         for section, section_fields in sections.items():
             gr.Markdown(f"**{section}**")
             for row in range(0, len(section_fields), 3):
-                with gr.Row():
+                with gr.Row(equal_height=False):
                     for f in section_fields[row:row + 3]:
                         widgets[f.key] = _widget(f, ctx, values[f.key])
     ordered = [widgets[f.key] for f in fields]
 
-    with gr.Row():
+    with gr.Row(equal_height=False):
         start = gr.Button("Start", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
         runs = ctx.runs()
@@ -142,10 +142,11 @@ def build(ctx: AppContext) -> None:
         resume = gr.Button("Resume", elem_id="train-resume")
     status = gr.Markdown(elem_id="train-status")
     progress = gr.HTML(RunView().progress_html(), elem_id="train-progress")
-    with gr.Row():
+    with gr.Row(equal_height=False):
         loss_plot = gr.LinePlot(_loss_frame(RunView()), x="step", y="loss", title="Loss", height=260,
                                 elem_id="train-loss")
-        samples = gr.Gallery(label="Latest samples", columns=4, height=260, elem_id="train-samples")
+        samples = gr.Gallery(label="Latest samples", columns=4, height=260, interactive=False,
+                             elem_id="train-samples")
     log = gr.Textbox(label="Log", lines=8, max_lines=8, autoscroll=True, elem_id="train-log")
     timer = gr.Timer(1.0)
 
