@@ -65,6 +65,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def exposure_warning(host: str, auth) -> str | None:
+    """A loud warning when the app listens beyond this machine without a password."""
+    if is_loopback(host) or auth:
+        return None
+    bar = "!" * 78
+    return (f"{bar}\nWARNING: sdlora-ui listens on {host} without --auth: anyone who can reach this address\n"
+            f"can read and write files under the allowed folders and start training runs.\n"
+            f"Add --auth USER:PASS, or use the default --host 127.0.0.1.\n{bar}")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="sdlora-ui", description="The sdlora app: Dataset, Train and Preview tabs.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
@@ -86,11 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             print("sdlora-ui: error: --auth takes USER:PASS, e.g. --auth me:secret", file=sys.stderr)
             return 2
         auth = (user, password)
-    if not is_loopback(args.host) and auth is None:
-        bar = "!" * 78
-        print(f"{bar}\nWARNING: sdlora-ui listens on {args.host} without --auth: anyone who can reach this "
-              f"address\ncan read and write files under the allowed folders and start training runs.\n"
-              f"Add --auth USER:PASS, or use the default --host 127.0.0.1.\n{bar}", file=sys.stderr, flush=True)
+    warning = exposure_warning(args.host, auth)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     try:
         ctx = AppContext(roots=Roots.of(Path.cwd(), args.root), limits=Limits())
     except SdloraError as exc:
