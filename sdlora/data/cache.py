@@ -33,7 +33,8 @@ from safetensors.torch import load_file, save_file
 
 from sdlora.atomic import atomic_path
 from sdlora.data.captions import fixed_captions
-from sdlora.data.images import crop_geometry, load_cropped, to_tensor
+from sdlora.data.dataset import to_tensor
+from sdlora.data.images import crop_geometry, load_cropped
 
 RECIPE = "sdlora-pixels-1"
 LATENT_BATCH = 4  # images per VAE call while filling: fits SD at 1024 px in a few GB

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Larger images are refused: a decompression bomb (a few KB that inflate to gigabytes) or far more pixels than any
@@ -152,12 +151,6 @@ def load_cropped(path: Path, resized: tuple[int, int], crop_top_left: tuple[int,
     box = (left * sx, top * sy, (left + target_w) * sx, (top + target_h) * sy)
     img = img.resize((target_w, target_h), Image.Resampling.LANCZOS, box=box)
     return ImageOps.mirror(img) if flip else img
-
-
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL RGB -> float tensor [3, H, W] in [-1, 1], as the VAE expects."""
-    array = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def needs_upscale(size: tuple[int, int], target: tuple[int, int]) -> bool:
