@@ -16,7 +16,7 @@ from sdlora.data.buckets import histogram
 from sdlora.data.captions import count_tokens, split_tags, token_window, with_trigger
 from sdlora.data.images import describe_size
 from sdlora.data.index import build_index
-from sdlora.data.scan import IMAGE_EXTENSIONS, parse_repeat_folder
+from sdlora.data.scan import IMAGE_KINDS, parse_repeat_folder, repeat_folder_of
 from sdlora.errors import SdloraError
 
 TOP_TAGS = 15
@@ -58,13 +58,11 @@ def check_folder(config: DataConfig, tokenizer=None) -> dict[str, Any]:
     start = time.perf_counter()
     index = build_index(config, tokenizer)
     if not index.image_files:
-        kinds = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
-        raise SdloraError(f"{config.dir}: holds no images ({kinds}); add images or check the path")
+        raise SdloraError(f"{config.dir}: holds no images ({IMAGE_KINDS}); add images or check the path")
     entries = index.train_entries()
     folders: dict[str, dict[str, Any]] = {}
     for entry in entries:
-        parts = entry.path.relative_to(config.dir).parts[:-1]
-        name = next((p for p in reversed(parts) if parse_repeat_folder(p)), None)
+        name = repeat_folder_of(entry.path, config.dir)
         if name is not None:
             row = folders.setdefault(name, {"folder": name, "repeats": parse_repeat_folder(name)[0], "images": 0})
             row["images"] += 1

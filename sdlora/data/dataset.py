@@ -26,7 +26,7 @@ from sdlora.config import DataConfig
 from sdlora.data.captions import augment_caption
 from sdlora.data.images import crop_geometry, describe_size, load_cropped
 from sdlora.data.index import DataIndex, Entry, Problem, build_index, long_caption_problem
-from sdlora.data.scan import IMAGE_EXTENSIONS
+from sdlora.data.scan import IMAGE_KINDS
 from sdlora.data.summary import DataSummary, summarize
 from sdlora.errors import SdloraError
 
@@ -199,8 +199,7 @@ def report_problems(index: DataIndex) -> None:
 
 def _nothing_usable(key: str, folder: str, files: int, index: DataIndex) -> SdloraError:
     if not files:
-        kinds = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
-        return SdloraError(f"{key}: {folder} holds no images ({kinds}); add images or point {key} elsewhere")
+        return SdloraError(f"{key}: {folder} holds no images ({IMAGE_KINDS}); add images or point {key} elsewhere")
     first = next(p for p in index.skipped if Path(folder) in p.path.parents)
     return SdloraError(f"{key}: none of the {files} image file(s) in {folder} can be used (first: {first.line()}); "
                        f"fix or remove them (details: sdlora dataset check {folder})")

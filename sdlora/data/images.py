@@ -149,7 +149,7 @@ def load_cropped(path: Path, resized: tuple[int, int], crop_top_left: tuple[int,
     # Resample the crop box only: the same pixels as resize-then-crop, without resampling what is cut away.
     sx, sy = img.width / new_w, img.height / new_h
     box = (left * sx, top * sy, (left + target_w) * sx, (top + target_h) * sy)
-    img = img.resize((target_w, target_h), Image.Resampling.LANCZOS, box=box)
+    img = img.resize((target_w, target_h), Image.Resampling.BICUBIC, box=box)
     return ImageOps.mirror(img) if flip else img
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from sdlora.errors import SdloraError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+IMAGE_KINDS = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))  # for messages
 REPEAT_FOLDER = re.compile(r"^(\d+)_(.*)$")
 
 
@@ -31,6 +32,12 @@ def parse_repeat_folder(name: str) -> tuple[int, str] | None:
     if not match or int(match.group(1)) == 0:
         return None
     return int(match.group(1)), match.group(2).replace("_", " ").strip()
+
+
+def repeat_folder_of(path: Path, root: Path | str) -> str | None:
+    """The name of the nearest `N_name` folder between `root` and `path`, or None."""
+    parts = Path(path).relative_to(root).parts[:-1]
+    return next((part for part in reversed(parts) if parse_repeat_folder(part)), None)
 
 
 def normalize_extension(extension: str) -> str:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from sdlora.data.buckets import Size, histogram
 from sdlora.data.images import describe_size
-from sdlora.data.scan import parse_repeat_folder
+from sdlora.data.scan import repeat_folder_of
 
 if TYPE_CHECKING:
     from sdlora.data.dataset import TrainDataset
@@ -77,8 +77,7 @@ def summarize(dataset: TrainDataset, batch_size: int | None = None) -> DataSumma
     reg = [e for e in dataset.records if e.is_reg]
     folders: dict[str, tuple[int, int]] = {}
     for entry in train:
-        parts = entry.path.relative_to(config.dir).parts[:-1]
-        folder = next((part for part in reversed(parts) if parse_repeat_folder(part)), None)
+        folder = repeat_folder_of(entry.path, config.dir)
         if folder is not None:
             n = entry.repeats // config.repeats
             folders[folder] = (n, folders.get(folder, (n, 0))[1] + 1)
