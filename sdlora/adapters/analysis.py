@@ -1,0 +1,171 @@
+"""What an adapter does, in numbers: per-layer spectrum of dW = (alpha/rank)·B·A, base-model family, rank resizing.
+
+dW has rank <= r, so its singular values come from an r x r problem rather than an SVD of the full (out x in)
+matrix: with B = Qb·Rb and Aᵀ = Qa·Ra (thin QR), dW = scale·Qb·(Rb·Raᵀ)·Qaᵀ, and the SVD of the small core
+Rb·Raᵀ = u·S·vᵀ gives dW = (Qb·u)·(scale·S)·(Qa·v)ᵀ. This is exact and cheap for SDXL-sized layers too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from sdlora.adapters.state import Adapter, LoraLayer
+
+ENERGY_FRACTION = 0.9  # "effective rank": how many singular values hold this share of the energy (sum of s²)
+CONTAINERS = {"down_blocks", "up_blocks", "attentions", "resnets", "transformer_blocks", "layers",
+              "downsamplers", "upsamplers"}
+BASE_MODEL_VERSIONS = {"sd_v1": "sd1", "sd_v2": "sd2", "sdxl_base_v1-0": "sdxl", "sd_v1_5": "sd1"}
+CROSS_ATTENTION_FAMILY = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+
+
+@dataclass
+class Spectrum:
+    """dW of one layer as U·diag(s)·Vᵀ (U: out x k, V: in·kh·kw x k), singular values s in descending order."""
+
+    u: torch.Tensor
+    s: torch.Tensor
+    v: torch.Tensor
+
+    @property
+    def energy(self) -> torch.Tensor:
+        return self.s ** 2
+
+    def effective_rank(self, fraction: float = ENERGY_FRACTION) -> int:
+        total = float(self.energy.sum())
+        if total == 0.0:
+            return 0
+        cumulative = torch.cumsum(self.energy, 0) / total
+        # The small tolerance keeps an exact-rank dW from counting a rounding-level extra value.
+        return int((cumulative < fraction - 1e-9).sum()) + 1
+
+    def kept_energy(self, rank: int) -> float:
+        total = float(self.energy.sum())
+        return 1.0 if total == 0.0 else float(self.energy[:rank].sum()) / total
+
+
+def spectrum(layer: LoraLayer) -> Spectrum:
+    """The exact SVD of dW = (alpha/rank)·B·A, computed in float64 through the rank-r core."""
+    rank = layer.rank
+    up = layer.up.double().reshape(layer.up.shape[0], rank)
+    down = layer.down.double().reshape(rank, -1)
+    qb, rb = torch.linalg.qr(up)
+    qa, ra = torch.linalg.qr(down.T)
+    u, s, vh = torch.linalg.svd(rb @ ra.T)
+    return Spectrum(u=qb @ u, s=abs(layer.scale) * s, v=qa @ vh.T * math.copysign(1.0, layer.scale))
+
+
+def frobenius_norm(layer: LoraLayer) -> float:
+    return float(spectrum(layer).s.norm())
+
+
+def module_kind(name: str) -> str:
+    """The part of a layer name after its last numbered container: `...transformer_blocks.0.attn1.to_q` ->
+    `attn1.to_q`, `...resnets.1.conv1` -> `conv1`, `text_encoder...layers.3.mlp.fc1` -> `mlp.fc1`."""
+    parts = name.split(".")[1:]
+    start = 0
+    for i in range(1, len(parts)):
+        if parts[i].isdigit() and parts[i - 1] in CONTAINERS:
+            start = i + 1
+    return ".".join(parts[start:])
+
+
+def base_family(adapter: Adapter) -> tuple[str, str]:
+    """(family, how it was found): from the kohya metadata when present, else from the layer shapes."""
+    meta = adapter.metadata
+    version = meta.get("ss_base_model_version", "")
+    if version in BASE_MODEL_VERSIONS:
+        return BASE_MODEL_VERSIONS[version], "metadata ss_base_model_version"
+    if meta.get("ss_v2") == "True":
+        return "sd2", "metadata ss_v2"
+    if any(name.startswith("text_encoder_2.") for name in adapter.layers):
+        return "sdxl", "second text encoder layers"
+    for name, layer in adapter.layers.items():
+        if name.startswith("unet.") and name.endswith(("attn2.to_k", "attn2.to_v")):
+            dim = int(layer.down.shape[1])
+            return CROSS_ATTENTION_FAMILY.get(dim, f"unknown (cross-attention dim {dim})"), "layer shapes"
+    for name, layer in adapter.layers.items():
+        if name.startswith("text_encoder.") and name.endswith("q_proj"):
+            dim = int(layer.down.shape[1])
+            return CROSS_ATTENTION_FAMILY.get(dim, f"unknown (text width {dim})"), "layer shapes"
+    return "unknown", "no metadata and no cross-attention layer"
+
+
+def resize_layer(layer: LoraLayer, rank: int) -> tuple[LoraLayer, float]:
+    """The best rank-`rank` LoRA for this layer's dW (Eckart-Young), and the share of energy it keeps.
+
+    alpha/rank stays what it was (alpha scales with the rank), so a user's weight means the same after resizing.
+    A layer already at or below `rank` is returned as it is.
+    """
+    if layer.rank <= rank:
+        return layer, 1.0
+    spec = spectrum(layer)
+    new_alpha = layer.alpha * rank / layer.rank
+    scale = abs(new_alpha / rank) or 1.0
+    # dW_k = U_k·S_k·V_kᵀ = scale·(U_k·√(S_k/scale))·(√(S_k/scale)·V_kᵀ): split the singular values evenly.
+    root = torch.sqrt(spec.s[:rank] / scale)
+    sign = math.copysign(1.0, new_alpha) if new_alpha else 1.0
+    up = spec.u[:, :rank] * root * sign
+    down = (spec.v[:, :rank] * root).T
+    dtype = layer.down.dtype
+    if layer.down.dim() == 4:
+        down = down.reshape(rank, *layer.down.shape[1:])
+        up = up.reshape(up.shape[0], rank, 1, 1)
+    resized = LoraLayer(down=down.to(dtype).contiguous(), up=up.to(dtype).contiguous(),
+                        alpha=new_alpha if new_alpha else float(rank))
+    return resized, spec.kept_energy(rank)
+
+
+def resize_adapter(adapter: Adapter, rank: int) -> tuple[Adapter, dict[str, float]]:
+    """Every layer refactored to at most `rank`; returns the new adapter and the energy kept per layer."""
+    layers, kept = {}, {}
+    for name, layer in adapter.layers.items():
+        layers[name], kept[name] = resize_layer(layer, rank)
+    metadata = dict(adapter.metadata)
+    ranks = {layer.rank for layer in layers.values()}
+    alphas = {layer.alpha for layer in layers.values()}
+    metadata["ss_network_dim"] = str(max(ranks))
+    if len(alphas) == 1:
+        metadata["ss_network_alpha"] = f"{alphas.pop():g}"
+    metadata["sdlora_resized_from_rank"] = ",".join(str(r) for r in sorted(adapter.ranks))
+    return Adapter(layers=layers, metadata=metadata), kept
+
+
+# Training metadata worth showing, in this order (kohya's ss_* names, then sdlora's own).
+TRAINING_KEYS = ("ss_output_name", "ss_sd_model_name", "ss_base_model_version", "ss_network_module", "ss_network_dim",
+                 "ss_network_alpha", "ss_steps", "ss_max_train_steps", "ss_epoch", "ss_resolution",
+                 "ss_num_train_images", "ss_batch_size_per_device", "ss_learning_rate", "ss_lr_scheduler",
+                 "ss_optimizer", "ss_mixed_precision", "ss_seed", "ss_training_started_at",
+                 "ss_training_finished_at", "sdlora_version", "sdlora_mode", "sdlora_base_model",
+                 "sdlora_lcm_scheduler", "sdlora_lcm_steps", "sdlora_lcm_guidance", "sdlora_resized_from_rank")
+
+
+def describe(adapter: Adapter) -> dict:
+    """Everything `sdlora inspect` reports about an adapter, as plain JSON-ready values."""
+    family, family_source = base_family(adapter)
+    layers, kinds, components = [], {}, {}
+    for name, layer in sorted(adapter.layers.items()):
+        spec = spectrum(layer)
+        kind = module_kind(name)
+        kinds[kind] = kinds.get(kind, 0) + 1
+        component = name.split(".", 1)[0]
+        components[component] = components.get(component, 0) + 1
+        layers.append({"name": name, "rank": layer.rank, "alpha": layer.alpha,
+                       "shape": [int(layer.up.shape[0]), *map(int, layer.down.shape[1:])],
+                       "norm": float(spec.s.norm()), "effective_rank": spec.effective_rank()})
+    return {
+        "family": family,
+        "family_source": family_source,
+        "base_model": adapter.metadata.get("sdlora_base_model") or adapter.metadata.get("ss_sd_model_name"),
+        "num_layers": len(adapter.layers),
+        "components": components,
+        "ranks": sorted(adapter.ranks),
+        "alphas": sorted({layer.alpha for layer in adapter.layers.values()}),
+        "num_parameters": adapter.num_parameters(),
+        "targets": dict(sorted(kinds.items())),
+        "training": {key: adapter.metadata[key] for key in TRAINING_KEYS if key in adapter.metadata},
+        "effective_rank_energy": ENERGY_FRACTION,
+        "layers": layers,
+    }
