@@ -45,7 +45,7 @@ class DataConfig:
     caption_dropout: float = opt(0.0, min=0.0, max=1.0, help="rate of training with an empty caption")
     tag_dropout: float = opt(0.0, min=0.0, max=1.0, help="rate at which each (non-kept) tag is dropped")
     buckets: bool = opt(False, help="aspect-ratio buckets of equal area instead of square crops")
-    bucket_min: int = opt(256, min=64, max=4096, help="smallest bucket side in pixels")
+    bucket_min: int = opt(256, min=16, max=4096, help="smallest bucket side in pixels")
     bucket_max: int = opt(1024, min=64, max=8192, help="largest bucket side in pixels")
     bucket_step: int = opt(64, min=8, max=256, help="bucket sides are multiples of this")
     allow_upscale: bool = opt(False, help="use images smaller than the target size by upscaling them")

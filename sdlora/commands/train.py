@@ -97,22 +97,26 @@ def dry_run(config: Config) -> int:
     import torch
 
     from sdlora.data.dataset import build_dataset, summarize
+    from sdlora.train.trainer import collect_warnings
+    from sdlora.events import ConsoleReporter, EventBus
     from sdlora.models import load_components
     from sdlora.network import add_lora, count_parameters
     from sdlora.train.trainer import pick_device
 
     print("# resolved config")
     print(config.to_yaml())
-    dataset = build_dataset(config.data)
+    with collect_warnings(EventBus([ConsoleReporter(stream=sys.stdout, bar=False)])):
+        dataset = build_dataset(config.data)
     print("# data")
-    for line in summarize(dataset).lines():
+    for line in summarize(dataset, batch_size=config.train.batch_size).lines():
         print(f"  {line}")
     components = load_components(config.model)
     modules = add_lora(components.unet, config.network, seed=config.train.seed)
     trainable, total = count_parameters(components.unet)
     train = config.train
     per_step = train.batch_size * train.gradient_accumulation
-    steps_per_epoch = max(1, len(dataset) // per_step)
+    batches = len(dataset.epoch_batches(0, train.batch_size, train.seed))  # bucket tails counted
+    steps_per_epoch = max(1, batches // train.gradient_accumulation)
     device = pick_device(train.device)
     print("# network")
     print(f"  LoRA rank {config.network.rank}, alpha {config.network.effective_alpha} on {len(modules)} modules "

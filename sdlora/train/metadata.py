@@ -26,7 +26,7 @@ def adapter_metadata(config: Config, *, family: str, prediction_type: str, num_i
         "ss_resolution": f"({data.resolution}, {data.resolution})",
         "ss_steps": str(steps_done),
         "ss_max_train_steps": str(train.steps),
-        "ss_num_train_images": str(num_images * data.repeats),
+        "ss_num_train_images": str(num_images),  # samples per epoch, repeats included
         "ss_batch_size_per_device": str(train.batch_size),
         "ss_gradient_accumulation_steps": str(train.gradient_accumulation),
         "ss_learning_rate": str(train.lr),

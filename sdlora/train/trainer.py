@@ -138,13 +138,17 @@ class Trainer:
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg.train)
         self.unet, self.optimizer = self.accelerator.prepare(c.unet, self.optimizer)
         self.encoder = BatchEncoder(c, self.device, self.dtype)
+        with collect_warnings(self.events):
+            # Checks caption lengths; with data.cache on, encodes what the cache lacks, so batches then carry
+            # latents and text embeddings and the VAE/text encoder never run in the loop.
+            self.cache_stats = self.dataset.attach_encoder(self.encoder)
         self.objective = make_objective(cfg, c, self.encoder)
         self.trainable, self.total_params = count_parameters(c.unet)
 
     def metadata(self, steps_done: int) -> dict[str, str]:
         return adapter_metadata(self.config, family=self.components.family,
                                 prediction_type=self.components.prediction_type,
-                                num_images=len(self.dataset.records), steps_done=steps_done,
+                                num_images=len(self.dataset), steps_done=steps_done,
                                 started_at=self.started_at)
 
     # ------------------------------------------------------------------------------------------ saving
@@ -189,16 +193,18 @@ class Trainer:
                 raise SdloraError(f"{self.paths.root}: already trained {start_step} of {train.steps} steps; "
                                   f"continue with --set train.steps=N (N > {start_step})")
         accum = train.gradient_accumulation
-        plan = MicroBatchPlan(self.dataset, train.batch_size, train.seed, start=start_step * accum,
-                              num_processes=self.accelerator.num_processes,
-                              process_index=self.accelerator.process_index)
+        with collect_warnings(self.events):
+            plan = MicroBatchPlan(self.dataset, train.batch_size, train.seed, start=start_step * accum,
+                                  num_processes=self.accelerator.num_processes,
+                                  process_index=self.accelerator.process_index)
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=plan, collate_fn=collate,
                                              num_workers=cfg.data.num_workers,
                                              persistent_workers=cfg.data.num_workers > 0)
         batches = iter(loader)
         self.events.emit("start", step=start_step, total_steps=train.steps, path=self.paths.root,
                          message=f"{len(self.dataset.records)} images, {self.trainable:,} trainable parameters "
-                                 f"in {len(self.target_modules)} modules, on {self.device.type}",
+                                 f"in {len(self.target_modules)} modules, on {self.device.type}"
+                                 + (f"; {self.cache_stats.line()}" if self.cache_stats else ""),
                          resumed=resume)
         if start_step == 0 and cfg.sample.every:
             self.sample(0)  # the "before" picture
