@@ -119,3 +119,62 @@ def test_bad_files_exit_2_with_one_line_naming_the_file(tmp_path, capsys, kind, 
     assert code == 2 and fragment in err and str(path) in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def unet_adapter() -> Adapter:
+    """A rank-4 adapter on the tiny UNet's cross-attention keys, strong enough to change the image."""
+    gen = torch.Generator().manual_seed(5)
+    names = [f"unet.{block}.attentions.{i}.transformer_blocks.0.attn2.to_k"
+             for block, count in (("down_blocks.0", 1), ("down_blocks.1", 1), ("up_blocks.1", 2), ("up_blocks.2", 2))
+             for i in range(count)] + ["unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k"]
+    layers = {}
+    for name in names:
+        out = 64 if name.startswith(("unet.down_blocks.0.", "unet.up_blocks.2.")) else 128  # block widths
+        layers[name] = LoraLayer(down=torch.randn(4, 128, generator=gen) * 0.3,
+                                 up=torch.randn(out, 4, generator=gen) * 0.3, alpha=4.0)
+    return Adapter(layers, {"sdlora_mode": "standard"})
+
+
+def png(path):
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(path), dtype=np.int16)
+
+
+def test_generate_and_merge_from_the_command_line(tmp_path, capsys):
+    lora = save_adapter(unet_adapter(), tmp_path / "style.safetensors")
+    common = ["--model", "tiny", "--prompt", "a red circle", "--steps", "2", "--seed", "3", "--size", "64x64"]
+    assert cli(capsys, "generate", *common, "--out", str(tmp_path / "base.png"))[0] == 0
+    assert cli(capsys, "generate", *common, "--lora", f"{lora}:0", "--out", str(tmp_path / "zero.png"))[0] == 0
+    code, out, _ = cli(capsys, "generate", *common, "--lora", f"{lora}:1.2", "--scheduler", "dpmpp_2m",
+                       "--out", str(tmp_path / "lora.png"))
+    assert code == 0 and "style.safetensors:1.2" in out
+    base, zero, with_lora = png(tmp_path / "base.png"), png(tmp_path / "zero.png"), png(tmp_path / "lora.png")
+    assert base.shape == (64, 64, 3) and (zero == base).all() and abs(with_lora - base).max() > 0
+    code, out, _ = cli(capsys, "merge", "--model", "tiny", "--lora", f"{lora}:1.2", "--out", str(tmp_path / "m"))
+    assert code == 0 and (tmp_path / "m" / "unet").is_dir()
+    assert cli(capsys, "generate", *common, "--model", str(tmp_path / "m"), "--scheduler", "dpmpp_2m",
+               "--out", str(tmp_path / "merged.png"))[0] == 0
+    assert abs(png(tmp_path / "merged.png") - with_lora).max() <= 2
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--lora", "missing.safetensors:0.5"], "missing.safetensors: no such file"),
+    (["--lora", "{lora}:3"], "outside [-2, 2]"),
+    (["--size", "64by64"], "--size '64by64'"),
+    (["--scheduler", "plms"], "scheduler 'plms' is unknown"),
+])
+def test_generate_refuses_bad_arguments_with_exit_2(tmp_path, capsys, argv, fragment):
+    lora = save_adapter(unet_adapter(), tmp_path / "style.safetensors")
+    argv = [a.replace("{lora}", str(lora)) for a in argv]
+    code, _, err = cli(capsys, "generate", "--model", "tiny", "--prompt", "x", "--out", str(tmp_path / "o.png"), *argv)
+    assert code == 2 and fragment in err and err.count("\n") == 1
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_merge_of_a_non_lora_file_exits_2_and_writes_nothing(tmp_path, capsys):
+    bad = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {}}, bad)
+    code, _, err = cli(capsys, "merge", "--model", "tiny", "--lora", f"{bad}:1", "--out", str(tmp_path / "m"))
+    assert code == 2 and "pickled PyTorch checkpoint" in err and not (tmp_path / "m").exists()

@@ -1,6 +1,19 @@
-"""LoRA adapters: one in-memory form (`Adapter`), files in kohya or diffusers format. See docs/API.md."""
+"""LoRA adapters for Stable Diffusion: one in-memory form, kohya and diffusers files, live blending, merging.
 
-from sdlora.adapters.io import load_adapter, read_adapter_file, save_adapter
+The public API (docs/API.md shows it in use from a plain diffusers script):
+
+- `load_adapter(path) -> Adapter`, `save_adapter(adapter, path, fmt="kohya", dtype="fp32")`
+- `read_adapter_file(path) -> AdapterFile` (the adapter plus detected format, dtypes and skipped keys)
+- `AdapterBlender(pipe)`: load adapter files into a diffusers pipeline once, re-weight them, generate
+- `merge_into(pipe, [(adapter, weight), ...])` and `merge(model, [(path, weight), ...], out_dir)`
+- `resize_adapter(adapter, rank)`, `describe(adapter)`: the numbers behind `sdlora resize` and `sdlora inspect`
+"""
+
+from sdlora.adapters.analysis import describe, resize_adapter
+from sdlora.adapters.blend import AdapterBlender, parse_lora_spec
+from sdlora.adapters.io import AdapterFile, load_adapter, read_adapter_file, save_adapter
+from sdlora.adapters.merge import merge, merge_into
 from sdlora.adapters.state import Adapter, LoraLayer
 
-__all__ = ["Adapter", "LoraLayer", "load_adapter", "read_adapter_file", "save_adapter"]
+__all__ = ["Adapter", "AdapterBlender", "AdapterFile", "LoraLayer", "describe", "load_adapter", "merge",
+           "merge_into", "parse_lora_spec", "read_adapter_file", "resize_adapter", "save_adapter"]

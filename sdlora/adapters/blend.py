@@ -1,0 +1,156 @@
+"""Live blending: one loaded pipeline, any number of adapters loaded once, re-weighted between images.
+
+The adapters go into the pipeline through diffusers' own mechanism (`load_lora_weights(..., adapter_name=...)`,
+`set_adapters(names, adapter_weights=...)`), so what a user sees here is what their own diffusers script gets:
+h = W0·x + Σ_i weight_i·(alpha_i/rank_i)·B_i·A_i·x. Each file is read and checked by `sdlora.adapters.io` first
+(so other tools' files, with keys diffusers would choke on, load too), then handed to diffusers in our diffusers
+format, which carries every layer's rank and alpha.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdlora.adapters.io import read_adapter_file, save_adapter
+from sdlora.errors import SdloraError
+from sdlora.schedulers import make_scheduler
+
+WEIGHT_RANGE = (-2.0, 2.0)
+DEFAULT_STEPS = 25
+DEFAULT_GUIDANCE = 7.5
+
+
+@dataclass
+class LoadedAdapter:
+    name: str  # the adapter name inside the pipeline, derived from the file's sha256
+    path: Path
+    sha256: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_lcm(self) -> bool:
+        return self.metadata.get("sdlora_mode") == "lcm"
+
+
+@dataclass
+class SamplingDefaults:
+    scheduler: str | None  # None: the pipeline's own scheduler
+    steps: int
+    guidance: float
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_weight(weight: float, what: str) -> float:
+    low, high = WEIGHT_RANGE
+    if not low <= weight <= high:  # also refuses NaN
+        raise SdloraError(f"{what}: weight {weight} is outside [{low:g}, {high:g}]; pick a weight in that range")
+    return float(weight)
+
+
+def parse_lora_spec(spec: str) -> tuple[str, float]:
+    """`FILE[:WEIGHT]`. Split on the last colon only when what follows is a number, so `C:\\loras\\a.safetensors`
+    and `C:\\loras\\a.safetensors:0.5` both read as meant; a whole spec that names an existing file wins."""
+    path, sep, tail = spec.rpartition(":")
+    if sep:
+        try:
+            weight = float(tail)
+        except ValueError:
+            return spec, 1.0
+        if path and not (Path(spec).is_file() and not Path(path).is_file()):
+            return path, weight
+    return spec, 1.0
+
+
+class AdapterBlender:
+    """Holds one StableDiffusionPipeline and the adapters loaded into it; `set_weights` then `generate`.
+
+    >>> blender = AdapterBlender(pipe)
+    >>> blender.set_weights({"style.safetensors": 0.8, "subject.safetensors": 1.0})
+    >>> image = blender.generate("a photo of sks dog", seed=1)
+    """
+
+    def __init__(self, pipe: Any):
+        self.pipe = pipe
+        self.adapters: dict[str, LoadedAdapter] = {}  # by sha256
+        self.weights: dict[str, float] = {}  # by adapter name; only non-zero weights are active
+        self._base_scheduler = pipe.scheduler
+        pipe.set_progress_bar_config(disable=True)
+
+    def load(self, path: Path | str) -> LoadedAdapter:
+        """Load a LoRA file into the pipeline, once per distinct file content."""
+        path = Path(path)
+        found = read_adapter_file(path)  # checks the file and says what it is when it is not a SD LoRA
+        sha = file_sha256(found.path)
+        if sha in self.adapters:
+            return self.adapters[sha]
+        loaded = LoadedAdapter(name=f"lora_{sha[:16]}", path=path, sha256=sha, metadata=found.adapter.metadata)
+        with tempfile.TemporaryDirectory(prefix="sdlora-blend-") as tmp:
+            normalised = save_adapter(found.adapter, Path(tmp) / "adapter.safetensors", fmt="diffusers", dtype=None)
+            self.pipe.load_lora_weights(str(normalised), adapter_name=loaded.name)
+        self.adapters[sha] = loaded
+        self._apply()  # a freshly loaded adapter is active in diffusers until told otherwise
+        return loaded
+
+    def set_weights(self, weights: dict[str | Path, float]) -> None:
+        """Weight of each adapter file (loading it if needed); adapters not named are switched off."""
+        wanted = {}
+        for path, weight in weights.items():
+            loaded = self.load(path)
+            wanted[loaded.name] = wanted.get(loaded.name, 0.0) + check_weight(weight, str(path))
+        self.weights = {name: w for name, w in wanted.items() if w != 0.0}
+        self._apply()
+
+    def _apply(self) -> None:
+        if not self.weights:
+            # Weight 0 everywhere: the LoRA layers are bypassed, so the image is exactly the base model's.
+            if self.adapters:
+                self.pipe.disable_lora()
+            return
+        self.pipe.enable_lora()
+        names = list(self.weights)
+        self.pipe.set_adapters(names, adapter_weights=[self.weights[n] for n in names])
+
+    @property
+    def active(self) -> list[LoadedAdapter]:
+        return [a for a in self.adapters.values() if a.name in self.weights]
+
+    def defaults(self) -> SamplingDefaults:
+        """Scheduler, steps and guidance: what an active LCM adapter asks for, else the usual ones."""
+        for adapter in self.active:
+            if adapter.is_lcm:
+                meta = adapter.metadata
+                try:
+                    return SamplingDefaults(meta.get("sdlora_lcm_scheduler", "lcm"),
+                                            int(meta.get("sdlora_lcm_steps", 4)),
+                                            float(meta.get("sdlora_lcm_guidance", 1.0)))
+                except ValueError:
+                    raise SdloraError(f"{adapter.path}: its sdlora_lcm_steps/sdlora_lcm_guidance metadata is not a "
+                                      f"number; fix the metadata or give --steps and --guidance") from None
+        return SamplingDefaults(None, DEFAULT_STEPS, DEFAULT_GUIDANCE)
+
+    def generate(self, prompt: str, *, negative: str | None = None, steps: int | None = None,
+                 guidance: float | None = None, seed: int = 0, scheduler: str | None = None,
+                 width: int | None = None, height: int | None = None):
+        """One image (PIL) with the current weights; unset options come from `defaults()`."""
+        defaults = self.defaults()
+        scheduler = scheduler or defaults.scheduler
+        self.pipe.scheduler = (make_scheduler(scheduler, self._base_scheduler.config) if scheduler
+                               else self._base_scheduler)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        with torch.no_grad():
+            return self.pipe(prompt, negative_prompt=negative or None, num_inference_steps=steps or defaults.steps,
+                             guidance_scale=defaults.guidance if guidance is None else guidance,
+                             width=width, height=height, generator=generator).images[0]
