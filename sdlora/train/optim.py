@@ -20,8 +20,9 @@ def make_optimizer(params: list[torch.nn.Parameter], train: TrainConfig, device:
             raise SdloraError(f"train.optimizer: adamw8bit needs bitsandbytes, which cannot load here ({exc}); "
                               f"pip install bitsandbytes, or use adamw") from None
         return bnb.optim.AdamW8bit(params, **kwargs)
-    # The fused kernel is one launch for all LoRA tensors on CUDA; on the CPU the plain loop is exact and fast.
-    return torch.optim.AdamW(params, fused=device.type == "cuda", **kwargs)
+    # Fused: one kernel for all LoRA tensors, and it honours `found_inf`, which lets the trainer skip a
+    # non-finite step on the device without a host sync (see Trainer.run).
+    return torch.optim.AdamW(params, fused=True, **kwargs)
 
 
 def make_lr_scheduler(optimizer, train: TrainConfig):

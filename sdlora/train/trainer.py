@@ -118,7 +118,12 @@ class Trainer:
 
         from sdlora.models import load_components
 
+        from accelerate.state import AcceleratorState
+
         cfg = self.config
+        # accelerate keeps one global state; a second Trainer in this process (a script, the tests) may want
+        # another precision. The process-level (distributed) part is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision,
                                        cpu=self.device.type == "cpu")
         self.device = self.accelerator.device
@@ -136,7 +141,13 @@ class Trainer:
         self.params = lora_parameters(c.unet)
         self.optimizer = make_optimizer(self.params, cfg.train, self.device)
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg.train)
+        if cfg.train.channels_last and self.device.type == "cuda":
+            c.unet.to(memory_format=torch.channels_last)
         self.unet, self.optimizer = self.accelerator.prepare(c.unet, self.optimizer)
+        # The training step runs a compiled view of the UNet (same parameters); sampling and saving use the
+        # plain module, so other shapes (CFG batches at sampling) never trigger recompilation of the step.
+        use_compile = cfg.train.compile == "on" or (cfg.train.compile == "auto" and self.device.type == "cuda")
+        self.step_unet = torch.compile(self.unet) if use_compile else self.unet
         self.encoder = BatchEncoder(c, self.device, self.dtype)
         with collect_warnings(self.events):
             # Checks caption lengths; with data.cache on, encodes what the cache lacks, so batches then carry
@@ -176,6 +187,27 @@ class Trainer:
                                self.config.data.resolution, folder, self.device, self.dtype)
         self.events.emit("sample", step=step, path=folder, images=[str(p) for p in images])
 
+    def report(self, pending: list[tuple[int, torch.Tensor]], samples_per_step: int) -> str:
+        """Read back the losses of the steps since the last report (one host sync) and emit their events."""
+        values = torch.stack([loss for _, loss in pending]).float().cpu().tolist()
+        now = time.perf_counter()
+        rate = round(samples_per_step * len(pending) / max(now - self.window_start, 1e-9), 3)
+        self.window_start = now
+        lr = self.lr_scheduler.get_last_lr()[0]
+        for (step, _), value in zip(pending, values):
+            if not math.isfinite(value):
+                self.bad_steps += 1
+                self.events.emit("warning", step=step, message=f"non-finite loss ({value}) at step {step}; step "
+                                 f"skipped ({self.bad_steps} in a row)")
+                if self.bad_steps >= self.train_cfg.max_bad_steps:
+                    return "error"
+                continue
+            self.bad_steps = 0
+            self.losses.append(value)
+            self.events.emit("step", step=step, total_steps=self.train_cfg.steps, loss=round(value, 6), lr=lr,
+                             samples_per_s=rate)
+        return "ok"
+
     # ------------------------------------------------------------------------------------------ the loop
     def run(self, resume: bool = False) -> TrainResult:
         cfg, train = self.config, self.config.train
@@ -210,9 +242,17 @@ class Trainer:
             self.sample(0)  # the "before" picture
         generator = torch.Generator(self.device)
         samples_per_step = train.batch_size * accum * self.accelerator.num_processes
-        losses: list[float] = []
+        report_every = train.report_every or (1 if self.device.type == "cpu" else 10)
+        inner_optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        # A fused AdamW skips its update when `found_inf` is set: a non-finite step is dropped on the device,
+        # with no host sync. (fp16's GradScaler does the same by itself; other optimizers need a host check.)
+        skip_on_device = self.accelerator.scaler is None and getattr(inner_optimizer, "_step_supports_amp_scaling",
+                                                                      False)
+        self.losses: list[float] = []
+        self.bad_steps = bad_steps
+        pending: list[tuple[int, torch.Tensor]] = []
+        self.window_start = time.perf_counter()
         step = start_step
-        tick = time.perf_counter()
         while step < train.steps:
             step += 1
             torch.manual_seed(step_seed(train.seed, step, salt=1))  # LoRA dropout and anything global
@@ -223,43 +263,44 @@ class Trainer:
                 batch = next(batches)
                 latents, text_embeddings = self.encoder(batch, generator)
                 with self.accelerator.autocast():
-                    per_sample = self.objective(self.unet, latents, text_embeddings, generator)
+                    per_sample = self.objective(self.step_unet, latents, text_embeddings, generator)
                 loss = (per_sample * batch["loss_weight"].to(self.device)).mean() / accum
                 self.accelerator.backward(loss)
                 step_loss += loss.detach()
-            loss_value = step_loss.item()
-            if not math.isfinite(loss_value):
-                bad_steps += 1
-                self.optimizer.zero_grad(set_to_none=True)
-                self.events.emit("warning", step=step, message=f"non-finite loss ({loss_value}) at step {step}; "
-                                 f"step skipped ({bad_steps} in a row)")
-                if bad_steps >= train.max_bad_steps:
-                    message = (f"{bad_steps} non-finite losses in a row; stopped. The last good checkpoint is "
-                               f"kept; lower train.lr or use mixed_precision bf16/no")
-                    self.events.emit("error", step=step, message=message)
-                    return TrainResult("error", step - bad_steps, None, losses)
-                continue
-            bad_steps = 0
-            if train.max_grad_norm:
-                self.accelerator.clip_grad_norm_(self.params, train.max_grad_norm)
-            self.optimizer.step()
+            if skip_on_device:
+                inner_optimizer.found_inf = (~torch.isfinite(step_loss)).float()
+                finite = True
+            else:
+                finite = self.accelerator.scaler is not None or math.isfinite(step_loss.item())
+            if finite:
+                if train.max_grad_norm:
+                    self.accelerator.clip_grad_norm_(self.params, train.max_grad_norm)
+                self.optimizer.step()
             self.lr_scheduler.step()
-            losses.append(loss_value)
-            now = time.perf_counter()
-            self.events.emit("step", step=step, total_steps=train.steps, loss=round(loss_value, 6),
-                             lr=self.lr_scheduler.get_last_lr()[0],
-                             samples_per_s=round(samples_per_step / max(now - tick, 1e-9), 3))
-            tick = now
+            pending.append((step, step_loss))
+            must_report = (step % report_every == 0 or step == train.steps or self.stop.requested
+                           or (cfg.sample.every and step % cfg.sample.every == 0)
+                           or (cfg.save.every and step % cfg.save.every == 0))
+            if not must_report:
+                continue
+            if self.report(pending, samples_per_step) == "error":
+                message = (f"{self.bad_steps} non-finite losses in a row; stopped. The last good checkpoint is "
+                           f"kept; lower train.lr or use mixed_precision bf16/no")
+                self.events.emit("error", step=step, message=message)
+                return TrainResult("error", step - self.bad_steps, None, self.losses)
+            pending = []
             if self.stop.requested:
-                self.save_checkpoint(step, bad_steps)
+                self.save_checkpoint(step, self.bad_steps)
                 path = self.save_adapter(self.paths.adapter, step)
                 self.events.emit("stopped", step=step, total_steps=train.steps, path=path,
                                  message=f"{self.stop.reason}; resume with: sdlora train --resume {self.paths.root}")
-                return TrainResult("stopped", step, path, losses)
+                return TrainResult("stopped", step, path, self.losses)
             if cfg.sample.every and step % cfg.sample.every == 0 and step < train.steps:
                 self.sample(step)
-            if cfg.save.every and step % cfg.save.every == 0 and step < train.steps:
-                self.save_checkpoint(step, bad_steps)
+            # No checkpoint in the middle of a streak of skipped steps: the last good one stays the newest.
+            if cfg.save.every and step % cfg.save.every == 0 and step < train.steps and not self.bad_steps:
+                self.save_checkpoint(step, self.bad_steps)
+        bad_steps, losses = self.bad_steps, self.losses
         self.sample(step)
         self.save_checkpoint(step, bad_steps)
         path = self.save_adapter(self.paths.adapter, step)
