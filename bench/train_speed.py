@@ -38,6 +38,89 @@ def make_images(folder: Path, count: int, size: int) -> Path:
     return folder
 
 
+def run_baseline(model_dir: Path, batch: int, args) -> dict:
+    """The standard diffusers recipe (train_text_to_image_lora.py): frozen weights in bf16, peft LoRA in fp32
+    under autocast, VAE and text encoder every step, no caching, plain AdamW, loss read back every step."""
+    from peft import LoraConfig
+
+    from sdlora.models import load_components
+
+    device = torch.device("cuda")
+    c = load_components(str(model_dir), dtype=torch.bfloat16)
+    for m in (c.unet, c.vae, c.text_encoder):
+        m.requires_grad_(False).to(device)
+    c.unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
+                                  target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    params = [p for p in c.unet.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    g = torch.Generator(device).manual_seed(0)
+    pixels = torch.rand(batch, 3, args.resolution, args.resolution, device=device, generator=g) * 2 - 1
+    ids = c.tokenizer(["a photo"] * batch, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    ids = ids.to(device)
+    times = []
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(args.warmup + args.steps):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            latents = c.vae.encode(pixels.bfloat16()).latent_dist.sample() * c.vae.config.scaling_factor
+            noise = torch.randn_like(latents)
+            t = torch.randint(0, 1000, (batch,), device=device)
+            noisy = c.noise_scheduler.add_noise(latents, noise, t)
+            text = c.text_encoder(ids)[0]
+            pred = c.unet(noisy, t, text).sample
+            loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        loss.item()
+        times.append(time.perf_counter())
+    timed = times[args.warmup:]
+    s_per_step = (timed[-1] - timed[0]) / (len(timed) - 1)
+    return {"mode": "baseline", "batch": batch, "samples_per_s": round(batch / s_per_step, 2),
+            "s_per_step": round(s_per_step, 4),
+            "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+
+
+def flops_per_sample(model_dir: Path, args) -> float:
+    """Forward + backward FLOPs of one 512 px sample through the UNet with only LoRA trainable."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sdlora.config import NetworkConfig
+    from sdlora.models import load_components
+    from sdlora.network import add_lora
+
+    c = load_components(str(model_dir), dtype=torch.bfloat16)
+    add_lora(c.unet, NetworkConfig(rank=args.rank), seed=0)
+    unet = c.unet.cuda()
+    side = args.resolution // 8
+    latents = torch.randn(1, 4, side, side, device="cuda", dtype=torch.bfloat16)
+    text = torch.randn(1, 77, unet.config.cross_attention_dim, device="cuda", dtype=torch.bfloat16)
+    with FlopCounterMode(display=False) as counter, torch.autocast("cuda", dtype=torch.bfloat16):
+        unet(latents, torch.tensor([500], device="cuda"), text).sample.float().pow(2).mean().backward()
+    del unet, c
+    torch.cuda.empty_cache()
+    return float(counter.get_total_flops())
+
+
+def matmul_tflops() -> float:
+    """The bf16 matrix-multiply rate of this GPU, measured (8192^3 products, median of 20)."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(20):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return 2 * 8192**3 / sorted(times)[len(times) // 2] / 1e12
+
+
 def run_one(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) -> dict:
     from sdlora.config import config_from_dict
     from sdlora.events import EventBus
@@ -51,17 +134,21 @@ def run_one(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) ->
                  "cache": args.cache},
         "network": {"rank": args.rank, "alpha": args.rank},
         "train": {"steps": steps, "batch_size": batch, "lr": 1e-4, "mixed_precision": args.precision,
-                  "gradient_checkpointing": args.gradient_checkpointing, "optimizer": args.optimizer},
+                  "gradient_checkpointing": args.gradient_checkpointing, "compile": args.compile,
+                  "channels_last": args.channels_last, "optimizer": args.optimizer},
         "save": {"output_dir": str(out_dir)},
     })
-    step_times: list[float] = []
+    step_times: dict[int, float] = {}
     losses: list[float] = []
 
     def listener(event):
+        # Step events arrive in windows (the trainer reads losses back every 10 steps on a GPU), so a step's
+        # time is when its window was reported; warm-up and steps are multiples of 10 to land on window ends.
         if event["event"] == "step":
-            step_times.append(time.perf_counter())
+            step_times[event["step"]] = time.perf_counter()
             losses.append(event["loss"])
 
+    print(f"[{time.strftime('%X')}] batch {batch}: setting up", flush=True)
     trainer = Trainer(config, new_run(config), EventBus([listener]))
     t0 = time.perf_counter()
     trainer.setup()
@@ -70,15 +157,18 @@ def run_one(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) ->
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     trainer.run()
-    timed = step_times[args.warmup:]
-    s_per_step = (timed[-1] - timed[0]) / (len(timed) - 1)
+    last = max(step_times)
+    s_per_step = (step_times[last] - step_times[args.warmup]) / (last - args.warmup)
+    first = min(step_times)
+    first_step_s = step_times[first] - t0 - setup_s - (first - 1) * s_per_step
     return {
+        "mode": "sdlora",
         "batch": batch,
         "samples_per_s": round(batch / s_per_step, 2),
         "s_per_step": round(s_per_step, 4),
         "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
         "setup_s": round(setup_s, 1),
-        "first_step_s": round(step_times[0] - t0 - setup_s, 1),
+        "first_step_s": round(first_step_s, 1),
         "final_loss": losses[-1],
     }
 
@@ -88,7 +178,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--steps", type=int, default=30, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=10, help="a multiple of 10 (see run_one)")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--precision", default="bf16" if torch.cuda.is_available() else "no")
     parser.add_argument("--optimizer", default="adamw")
@@ -96,6 +186,9 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--compile", default="off", choices=["auto", "on", "off"])
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--baseline", action="store_true", help="also time the diffusers-recipe loop")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
     args = parser.parse_args()
 
@@ -110,22 +203,39 @@ def main() -> None:
         save_pipeline_folder(random_sd15_pipeline(), tmp / "sd15", fp16=True)
         data_dir = make_images(tmp / "data", args.images, args.resolution)
         rows = [run_one(tmp / "sd15", data_dir, tmp / "out", b, args) for b in args.batch]
+        if args.baseline:
+            base = {b: run_baseline(tmp / "sd15", b, args) for b in args.batch}
+            for r in rows:
+                r["baseline_samples_per_s"] = base[r["batch"]]["samples_per_s"]
+                r["baseline_peak_gpu_mem_gib"] = base[r["batch"]]["peak_gpu_mem_gib"]
+                r["speedup_vs_baseline"] = round(r["samples_per_s"] / base[r["batch"]]["samples_per_s"], 2)
+        if torch.cuda.is_available():
+            flops = flops_per_sample(tmp / "sd15", args)
+            peak = matmul_tflops()
+            for r in rows:
+                r["fraction_of_bf16_matmul_rate"] = round(r["samples_per_s"] * flops / (peak * 1e12), 3)
     result = {
         "bench": "train_speed", "arch": "sd15", "resolution": args.resolution, "rank": args.rank,
         "precision": args.precision, "optimizer": args.optimizer, "cache": args.cache,
-        "gradient_checkpointing": args.gradient_checkpointing, "timed_steps": args.steps,
+        "gradient_checkpointing": args.gradient_checkpointing, "compile": args.compile,
+        "channels_last": args.channels_last, "timed_steps": args.steps,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
         "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
         "results": rows,
     }
+    if torch.cuda.is_available():
+        result["tflop_per_sample"] = round(flops / 1e12, 3)
+        result["measured_bf16_matmul_tflops"] = round(peak, 1)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
         args.json.write_text(text)
-    print(f"\n{'batch':>5} {'samples/s':>10} {'s/step':>8} {'peak GiB':>9} {'setup s':>8}")
+    print(f"\n{'batch':>5} {'samples/s':>10} {'s/step':>8} {'peak GiB':>9} {'1st step s':>10} {'baseline':>9} "
+          f"{'ratio':>6} {'chip %':>7}")
     for r in rows:
         print(f"{r['batch']:>5} {r['samples_per_s']:>10} {r['s_per_step']:>8} {r['peak_gpu_mem_gib']!s:>9} "
-              f"{r['setup_s']:>8}")
+              f"{r['setup_s'] + r['first_step_s']:>10.1f} {r.get('baseline_samples_per_s', '-')!s:>9} "
+              f"{r.get('speedup_vs_baseline', '-')!s:>6} {100 * r.get('fraction_of_bf16_matmul_rate', 0):>6.1f}%")
 
 
 if __name__ == "__main__":
