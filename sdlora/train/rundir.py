@@ -8,6 +8,7 @@ from pathlib import Path
 from sdlora.atomic import write_text
 from sdlora.config import Config, config_from_dict, apply_overrides, read_yaml
 from sdlora.errors import SdloraError
+from sdlora.events import read_events
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,21 @@ class RunPaths:
 def new_run(config: Config) -> RunPaths:
     """Create outputs/NAME for a fresh run; refuse to write over an existing run's files."""
     paths = RunPaths(Path(config.save.output_dir) / config.name, config.name)
-    if paths.config.exists() or paths.adapter.exists():
+    if has_training(paths):
         raise SdloraError(f"{paths.root} already holds a run: continue it with --resume {paths.root}, or start "
                           f"a new one with --set name={config.name}-2")
     paths.root.mkdir(parents=True, exist_ok=True)
+    # A folder left by a start that failed before its first step holds nothing to keep: begin it anew.
+    paths.events.unlink(missing_ok=True)
     write_text(paths.config, config.to_yaml())
     return paths
+
+
+def has_training(paths: RunPaths) -> bool:
+    """Whether the folder holds work worth keeping: an adapter, a checkpoint, or logged training steps."""
+    if paths.adapter.exists() or any(paths.checkpoints.glob("step-*")):
+        return True
+    return any(e.get("event") == "step" for e in read_events(paths.events))
 
 
 def open_run(run_dir: Path, overrides: list[str]) -> tuple[Config, RunPaths]:
