@@ -181,6 +181,15 @@ def test_events_follow_the_contract(shapes_dir, tmp_path):
     assert ckpts == [3, 6]
     assert (run / "checkpoints" / "step-000003" / "ev.safetensors").is_file()
     assert (run / "config.yaml").is_file()
+    from safetensors import safe_open
+
+    with safe_open(run / "ev.safetensors", "pt") as fh:
+        meta, keys = fh.metadata(), list(fh.keys())
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "4.0" and meta["ss_steps"] == "6"
+    assert meta["ss_base_model_version"] == "sd_v1" and meta["sdlora_mode"] == "standard"
+    assert json.loads(meta["sdlora_config"])["train"]["steps"] == 6
+    assert all(k.startswith("lora_unet_") and k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha"))
+               for k in keys)
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(shapes_dir, tmp_path):
