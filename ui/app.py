@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -105,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sdlora-ui: error: {exc}", file=sys.stderr)
         return 2
     app = build_app(ctx)
+    # SIGTERM ends the app through SystemExit, so atexit stops a running training run (which saves) rather than
+    # leaving it running unseen.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     print(f"sdlora-ui: allowed folders: {ctx.roots.describe()}", file=sys.stderr, flush=True)
     app.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, auth=auth,
                                                   **launch_kwargs(ctx))

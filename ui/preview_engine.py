@@ -9,7 +9,9 @@ from pathlib import Path
 
 from sdlora.errors import SdloraError
 
-SCHEDULERS = ["ddim", "euler", "euler_a", "dpmpp_2m", "lcm"]
+from sdlora.schedulers import SCHEDULERS as _SCHEDULERS
+
+SCHEDULERS = list(_SCHEDULERS)
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ def adapter_mode(path: Path) -> dict:
     if info["mode"] == "lcm":
         info["scheduler"] = meta.get("sdlora_lcm_scheduler", "lcm")
         info["steps"] = int(float(meta.get("sdlora_lcm_steps", 4)))
-        info["guidance"] = float(meta.get("sdlora_lcm_guidance", 1.5))
+        info["guidance"] = float(meta.get("sdlora_lcm_guidance", 1.0))
     return info
 
 
@@ -69,8 +71,17 @@ class PreviewEngine:
 
 
 def _new_blender(model: str):
-    raise SdloraError("previews need sdlora.adapters.blend, which this version of sdlora does not have yet")
+    from sdlora.adapters.blend import AdapterBlender
+    from sdlora.models import load_pipeline
+
+    return AdapterBlender(load_pipeline(model))
 
 
-def _render(blender, adapters, params: GenParams):
-    raise NotImplementedError
+def _render(blender, adapters: list[tuple[Path, float]], params: GenParams):
+    weights: dict[str, float] = {}
+    for path, weight in adapters:
+        weights[str(path)] = weights.get(str(path), 0.0) + weight
+    blender.set_weights(weights)  # loads each file once (cached by content hash); the base stays loaded
+    return blender.generate(params.prompt, negative=params.negative or None, steps=params.steps,
+                            guidance=params.guidance, seed=params.seed, scheduler=params.scheduler,
+                            width=params.width, height=params.height)

@@ -137,7 +137,7 @@ def build(ctx: AppContext) -> None:
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
         runs = ctx.runs()
         run_pick = gr.Dropdown(choices=runs, value=runs[0] if runs else None, label="Run", allow_custom_value=True,
-                               info="outputs/NAME; raise steps above the run's to extend a finished one",
+                               info="outputs/NAME; Resume trains it up to Steps (raise Steps to extend a finished run)",
                                elem_id="train-run", scale=2)
         resume = gr.Button("Resume", elem_id="train-resume")
     status = gr.Markdown(elem_id="train-status")
@@ -190,12 +190,23 @@ def build(ctx: AppContext) -> None:
             done = load_config(run_dir / "config.yaml")
             args = ["--resume", str(run_dir)]
             steps = widgets_to_config(fields, list(vals)).train.steps
-            if steps > done.train.steps:
+            if steps != done.train.steps:  # the Steps field decides where the resumed run ends
                 args += ["--set", f"train.steps={steps}"]
             ctx.runner.start(args, run_dir)
         except SdloraError as exc:
             raise gr.Error(str(exc)) from None
         return None
+
+    def on_pick_run(run):
+        """Show a run's own settings, so Resume (and Steps) start from what it was trained with."""
+        run_dir = _run_dir(ctx, run)
+        if run_dir is None or not (run_dir / "config.yaml").is_file():
+            return [gr.skip()] * len(fields)
+        try:
+            return config_to_widgets(fields, load_config(run_dir / "config.yaml"))
+        except SdloraError as exc:
+            gr.Warning(str(exc))
+            return [gr.skip()] * len(fields)
 
     def on_stop():
         if not ctx.runner.stop():
@@ -222,6 +233,7 @@ def build(ctx: AppContext) -> None:
     start.click(on_start, [preset, base_state, *ordered], [run_pick, last_sig])
     resume.click(on_resume, [run_pick, *ordered], [last_sig])
     stop.click(on_stop, None, None)
+    run_pick.input(on_pick_run, [run_pick], ordered)
     timer.tick(on_tick, [run_pick, last_sig], [status, progress, loss_plot, samples, log, start, resume, last_sig],
                show_progress="hidden")
 
