@@ -58,7 +58,7 @@ def build(ctx: AppContext, engine: PreviewEngine | None = None) -> None:
 
             @gr.render(inputs=[picked])
             def weights(names):
-                sliders = [gr.Slider(-1, 2, 1.0, step=0.05, label=name, key=f"weight:{name}",
+                sliders = [gr.Slider(-1, 2, 1.0, step=0.05, label=name, key=f"weight:{name}", interactive=True,
                                      elem_classes=["pv-weight"]) for name in names or []]
                 if not sliders:
                     gr.Markdown("Pick adapters above; each gets a weight slider here.")
