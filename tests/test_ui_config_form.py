@@ -45,6 +45,17 @@ def test_changed_fields_become_set_overrides_that_the_cli_reads_back():
     assert config.train.lr == pytest.approx(2e-4)
 
 
+def test_an_unset_optional_number_stays_unset():
+    fields = config_fields()
+    base = Config()
+    widgets = config_to_widgets(fields, base)
+    alpha = [f.key for f in fields].index("network.alpha")
+    assert widgets[alpha] == ""  # shown empty, not as 0 (which would switch the LoRA off)
+    assert widgets_to_config(fields, widgets).network.alpha is None
+    widgets[alpha] = "8"
+    assert widgets_to_config(fields, widgets).network.alpha == 8.0
+
+
 def test_a_bad_value_names_its_key():
     fields = config_fields()
     values = dict(zip([f.key for f in fields], config_to_widgets(fields, Config())))

@@ -83,6 +83,8 @@ def to_widget(field: Field, value: Any) -> Any:
     """A config value as its widget shows it: lists one item a line, numbers as they are."""
     if field.kind == "list":
         return "\n".join(str(v) for v in value or [])
+    if field.optional and field.kind in ("int", "float"):
+        return "" if value is None else str(value)  # a text box: empty means "not set", which 0 would not
     return value
 
 
@@ -94,11 +96,12 @@ def from_widget(field: Field, value: Any) -> Any:
         return None if field.optional else field.default
     if field.kind == "int" and isinstance(value, float) and value.is_integer():
         return int(value)
-    if field.kind == "float" and isinstance(value, str):
+    if field.kind in ("int", "float") and isinstance(value, str):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             return value  # let validation name the key
+        return int(number) if field.kind == "int" and number.is_integer() else number
     return value
 
 

@@ -52,6 +52,8 @@ def _widget(field: Field, ctx: AppContext, value) -> gr.components.Component:
         return gr.Dropdown(choices=list(field.choices), **common)
     if field.kind == "bool":
         return gr.Checkbox(**common)
+    if field.optional and field.kind in ("int", "float"):
+        return gr.Textbox(placeholder="default", **common)  # empty means unset; a number box would show 0
     if field.kind == "int":
         return gr.Number(precision=0, **common)
     if field.kind == "float":
@@ -137,7 +139,7 @@ def build(ctx: AppContext) -> None:
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
         runs = ctx.runs()
         run_pick = gr.Dropdown(choices=runs, value=runs[0] if runs else None, label="Run", allow_custom_value=True,
-                               info="outputs/NAME; Resume trains it up to Steps (raise Steps to extend a finished run)",
+                               info="outputs/NAME; Resume trains it up to Steps (raise Steps to extend a run)",
                                elem_id="train-run", scale=2)
         resume = gr.Button("Resume", elem_id="train-resume")
     status = gr.Markdown(elem_id="train-status")
