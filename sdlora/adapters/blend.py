@@ -92,6 +92,10 @@ class AdapterBlender:
     def load(self, path: Path | str) -> LoadedAdapter:
         """Load a LoRA file into the pipeline, once per distinct file content."""
         path = Path(path)
+        if path.is_file():  # re-weighting re-hashes the file but does not parse it again
+            cached = self.adapters.get(file_sha256(path))
+            if cached:
+                return cached
         found = read_adapter_file(path)  # checks the file and says what it is when it is not a SD LoRA
         sha = file_sha256(found.path)
         if sha in self.adapters:
