@@ -30,18 +30,18 @@ def test_blend_two_adapters_and_change_a_weight(page, project):
     expect(page.locator(".pv-weight")).to_have_count(2)
     page.locator("#pv-steps input[type=number]").fill("4")
     page.locator("#pv-generate").click()
-    expect(page.locator("#pv-base img").first).to_be_visible(timeout=90_000)
-    expect(page.locator("#pv-blend img").first).to_be_visible(timeout=90_000)
+    expect(page.locator("#pv-base img").first).to_be_visible(timeout=150_000)
+    expect(page.locator("#pv-blend img").first).to_be_visible(timeout=150_000)
     first = blend_src(page)
 
     set_weight(page, 0, -1)
     page.locator("#pv-generate").click()
-    expect(page.locator("#pv-note")).to_contain_text("-1.00", timeout=60_000)
+    expect(page.locator("#pv-note")).to_contain_text("-1.00", timeout=150_000)
     page.wait_for_function("s => (document.querySelector('#pv-blend img') || {}).src !== s", arg=first,
-                           timeout=60_000)
+                           timeout=150_000)
     assert blend_src(page) != first
 
     page.locator("#pv-row-on input").check()
     page.locator("#pv-generate").click()
-    expect(page.locator("#pv-row img")).to_have_count(5, timeout=90_000)
+    expect(page.locator("#pv-row img")).to_have_count(5, timeout=150_000)
     screenshot(page, "preview")
