@@ -101,10 +101,11 @@ def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def unwrap(unet):
-    """The model inside an accelerate/DDP/compile wrapper: the one that owns disable_adapters()."""
+    """The plain model inside accelerate/DDP/torch.compile wrappers: it owns disable_adapters(), and its no-grad
+    calls (teacher, target) neither touch DDP's gradient bookkeeping nor make the compiled step recompile."""
     from accelerate.utils import extract_model_from_parallel
 
-    return extract_model_from_parallel(unet)
+    return extract_model_from_parallel(unet, keep_torch_compile=False)
 
 
 @contextlib.contextmanager
@@ -198,7 +199,7 @@ class LcmObjective:
         z = self._at(self.alpha, draw.t_start, x0) * x0 + self._at(self.sigma, draw.t_start, x0) * draw.noise
         z_prev = self.teacher_solver_step(unet, z, draw, text_embeddings, latents.dtype)
         with torch.no_grad():
-            # θ⁻ = θ ([LoRA] sec. 2 / the recipe): no EMA copy; the unwrapped model skips DDP's grad bookkeeping.
+            # θ⁻ = θ ([LoRA] sec. 2 / the recipe): the student itself, no EMA copy.
             target = self.consistency_function(unwrap(unet), z_prev, draw.t_prev, text_embeddings, latents.dtype)
         return z, target
 
