@@ -31,7 +31,7 @@ def module_names(component: torch.nn.Module) -> list[str]:
     return [n for n, m in component.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
 
 
-def random_layer(module: torch.nn.Module, rank: int, alpha: float, gen: torch.Generator, scale=0.05) -> LoraLayer:
+def random_layer(module: torch.nn.Module, rank: int, alpha: float, gen: torch.Generator, scale=0.1) -> LoraLayer:
     """A LoRA pair shaped for `module`, with non-zero up so dW is not zero."""
     weight = module.weight
     if weight.dim() == 2:

@@ -170,6 +170,10 @@ def save_pipeline_folder(pipeline, dest: Path, *, fp16: bool = False) -> None:
         if fp16:
             pipeline = pipeline.to(torch.float16)
         pipeline.save_pretrained(tmp, safe_serialization=True)
+        if pipeline.tokenizer.get_vocab() == build_clip_vocab(TINY_WORDS)[0]:
+            # Newer transformers save only tokenizer.json; add the vocab.json/merges.txt that 4.x's slow
+            # CLIPTokenizer needs, so the folder loads with every transformers version the project allows.
+            write_tokenizer(tmp / "tokenizer")
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
