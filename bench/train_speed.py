@@ -135,7 +135,8 @@ def run_one(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) ->
         "network": {"rank": args.rank, "alpha": args.rank},
         "train": {"steps": steps, "batch_size": batch, "lr": 1e-4, "mixed_precision": args.precision,
                   "gradient_checkpointing": args.gradient_checkpointing, "compile": args.compile,
-                  "channels_last": args.channels_last, "optimizer": args.optimizer},
+                  "channels_last": args.channels_last, "optimizer": args.optimizer,
+                  "cuda_graphs": args.cuda_graphs},
         "save": {"output_dir": str(out_dir)},
     })
     step_times: dict[int, float] = {}
@@ -173,6 +174,47 @@ def run_one(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) ->
     }
 
 
+def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) -> dict:
+    """Wall time from starting `sdlora train` (a new process) to its first step event, cold then warm."""
+    import subprocess
+
+    import yaml
+
+    preset = out_dir / f"first-step-b{batch}.yaml"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {"batch": batch}
+    for attempt in ("cold", "warm"):
+        name = f"first-{attempt}-b{batch}"
+        preset.write_text(yaml.safe_dump({
+            "name": name, "model": str(model_dir),
+            "data": {"dir": str(data_dir), "resolution": args.resolution, "cache": "disk",
+                     "num_workers": args.workers},
+            "network": {"rank": args.rank, "alpha": args.rank},
+            "train": {"steps": 3, "batch_size": batch, "mixed_precision": args.precision, "compile": args.compile,
+                      "cuda_graphs": args.cuda_graphs, "report_every": 1},
+            "save": {"output_dir": str(out_dir)}}))
+        start, start_unix = time.perf_counter(), time.time()
+        proc = subprocess.Popen([sys.executable, "-m", "sdlora", "train", "--preset", str(preset)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        events = out_dir / name / "events.jsonl"
+        first = None
+        while proc.poll() is None and first is None:
+            time.sleep(0.2)
+            if events.is_file() and '"event": "step"' in events.read_text():
+                first = time.perf_counter() - start
+        proc.wait()
+        if first is None:
+            raise RuntimeError(f"sdlora train ({attempt}) ended without a step: {proc.stderr.read()[-2000:]}")
+        result[f"{attempt}_s"] = round(first, 1)
+        # Split: process start -> `start` event (imports, model load, data check, caches) and the rest (the first
+        # step: compile or compile-cache load, CUDA-graph recording).
+        started = next(json.loads(line)["time"] for line in events.read_text().splitlines()
+                       if json.loads(line)["event"] == "start")
+        result[f"{attempt}_setup_s"] = round(started - start_unix, 1)
+        print(f"[{time.strftime('%X')}] first step, batch {batch}, {attempt}: {first:.1f} s", flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
@@ -188,6 +230,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--compile", default="off", choices=["auto", "on", "off"])
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"])
+    parser.add_argument("--first-step", type=int, nargs="*", default=[],
+                        help="also time `sdlora train` from process start to its first step at these batch "
+                             "sizes, twice each: cold, then with the compile and latent caches warm")
     parser.add_argument("--baseline", action="store_true", help="also time the diffusers-recipe loop")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
     args = parser.parse_args()
@@ -202,6 +248,7 @@ def main() -> None:
         tmp = Path(tmp)
         save_pipeline_folder(random_sd15_pipeline(), tmp / "sd15", fp16=True)
         data_dir = make_images(tmp / "data", args.images, args.resolution)
+        first_steps = [time_to_first_step(tmp / "sd15", data_dir, tmp / "first", b, args) for b in args.first_step]
         rows = [run_one(tmp / "sd15", data_dir, tmp / "out", b, args) for b in args.batch]
         if args.baseline:
             base = {b: run_baseline(tmp / "sd15", b, args) for b in args.batch}
@@ -218,7 +265,8 @@ def main() -> None:
         "bench": "train_speed", "arch": "sd15", "resolution": args.resolution, "rank": args.rank,
         "precision": args.precision, "optimizer": args.optimizer, "cache": args.cache,
         "gradient_checkpointing": args.gradient_checkpointing, "compile": args.compile,
-        "channels_last": args.channels_last, "timed_steps": args.steps,
+        "channels_last": args.channels_last, "cuda_graphs": args.cuda_graphs, "timed_steps": args.steps,
+        "first_step": first_steps,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
         "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
         "results": rows,

@@ -90,7 +90,10 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = opt("auto", help="where to train")
     gradient_checkpointing: bool = opt(False, help="trade compute for memory in the UNet")
     max_bad_steps: int = opt(5, min=1, max=1000, help="non-finite losses in a row that stop the run")
-    compile: Literal["auto", "on", "off"] = opt("off", help="torch.compile the UNet step (auto: on CUDA); minutes of compile time on first use")
+    compile: Literal["auto", "on", "off"] = opt("off", help="torch.compile the UNet step (auto: on CUDA); minutes of compile time on first use, seconds once cached")
+    cuda_graphs: Literal["auto", "on", "off"] = opt(
+        "auto", help="with compile on a GPU, replay the UNet step as CUDA graphs (auto: on); removes the per-step "
+                     "host overhead that bounds small batches")
     channels_last: bool = opt(False, help="channels-last memory layout for the UNet's convolutions (CUDA; measured slower for SD 1.5 in bf16)")
     report_every: int = opt(0, min=0, max=10000,
                             help="steps between loss read-backs (0: every step on the CPU, every 10 on a GPU, so "

@@ -32,18 +32,18 @@ class BatchEncoder:
 
     @torch.no_grad()
     def latents(self, pixel_values: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        pixels = pixel_values.to(self.device, dtype=self.vae.dtype)
+        pixels = pixel_values.to(self.device, non_blocking=True).to(self.vae.dtype)
         posterior = self.vae.encode(pixels).latent_dist
         # SD scales latents to unit variance (Rombach et al. 2022, sec. 4.3.2); newer VAEs also shift them.
         return ((posterior.sample(generator=generator) - self.shift) * self.scaling).to(self.dtype)
 
     def __call__(self, batch: dict[str, Any], generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         if "latents" in batch:
-            latents = batch["latents"].to(self.device, dtype=self.dtype)
+            latents = batch["latents"].to(self.device, non_blocking=True).to(self.dtype)
         else:
             latents = self.latents(batch["pixel_values"], generator)
         if "text_embeddings" in batch:
-            text_embeddings = batch["text_embeddings"].to(self.device, dtype=self.dtype)
+            text_embeddings = batch["text_embeddings"].to(self.device, non_blocking=True).to(self.dtype)
         else:
             text_embeddings = self.text_embeddings(batch["caption"])
         return latents, text_embeddings
