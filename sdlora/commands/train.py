@@ -153,7 +153,7 @@ def dry_run(config: Config) -> int:
     print("# data")
     for line in summarize(dataset, batch_size=config.train.batch_size).lines():
         print(f"  {line}")
-    components = load_components(config.model)
+    components = load_components(config.model, **config.model_options)
     modules = add_lora(components.unet, config.network, seed=config.train.seed)
     trainable, total = count_parameters(components.unet)
     train = config.train

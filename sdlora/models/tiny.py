@@ -160,13 +160,9 @@ def build_tiny_pipeline(seed: int = 0):
 
 def save_pipeline_folder(pipeline, dest: Path, *, fp16: bool = False) -> None:
     """Write `pipeline` as a diffusers-format folder at `dest`, atomically (built beside it, then renamed)."""
-    import shutil
-    import tempfile
+    from sdlora.atomic import atomic_dir
 
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:
         if fp16:
             pipeline = pipeline.to(torch.float16)
         pipeline.save_pretrained(tmp, safe_serialization=True)
@@ -174,9 +170,3 @@ def save_pipeline_folder(pipeline, dest: Path, *, fp16: bool = False) -> None:
             # Newer transformers save only tokenizer.json; add the vocab.json/merges.txt that 4.x's slow
             # CLIPTokenizer needs, so the folder loads with every transformers version the project allows.
             write_tokenizer(tmp / "tokenizer")
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

@@ -11,6 +11,22 @@ from typing import Any
 import torch
 
 
+TILING_ABOVE = 1024  # px: larger images are encoded in tiles under data.vae_tiling: auto
+
+
+def set_vae_memory(vae, mode: str, largest_side: int) -> bool:
+    """VAE slicing (one image of a batch at a time: same latents, less memory) always; tiling (overlapping
+    tiles, blended: slightly different latents, far less memory) when `mode` is on, or auto above 1024 px.
+    Returns whether tiling is on."""
+    vae.enable_slicing()
+    tiling = mode == "on" or (mode == "auto" and largest_side > TILING_ABOVE)
+    if tiling:
+        vae.enable_tiling()
+    else:
+        vae.disable_tiling()
+    return tiling
+
+
 class BatchEncoder:
     def __init__(self, components, device: torch.device, dtype: torch.dtype):
         self.vae = components.vae

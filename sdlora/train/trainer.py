@@ -25,7 +25,7 @@ from sdlora.network import add_lora, count_parameters, extract_adapter, load_int
 from sdlora.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from sdlora.train.compiled import compile_step_model, mark_step_begin, use_compile, use_cuda_graphs
 from sdlora.train.distributed import GradientSync, any_process, is_distributed, mean_across_processes
-from sdlora.train.encode import BatchEncoder
+from sdlora.train.encode import BatchEncoder, set_vae_memory
 from sdlora.train.metadata import adapter_metadata
 from sdlora.train.objective import make_objective
 from sdlora.train.optim import make_lr_scheduler, make_optimizer
@@ -132,10 +132,12 @@ class Trainer:
         with collect_warnings(self.events):
             self.dataset = build_dataset(cfg.data)
         # Frozen parts live in the training precision: no fp32 copies of the base weights.
-        self.components = load_components(cfg.model, dtype=self.dtype)
+        self.components = load_components(cfg.model, dtype=self.dtype, **cfg.model_options)
         c = self.components
         for module in (c.vae, c.text_encoder):
             module.requires_grad_(False).eval().to(self.device)
+        largest = max(cfg.data.bucket_max, cfg.data.resolution) if cfg.data.buckets else cfg.data.resolution
+        set_vae_memory(c.vae, cfg.data.vae_tiling, largest)
         self.target_modules = add_lora(c.unet, cfg.network, seed=cfg.train.seed)
         if cfg.train.gradient_checkpointing:
             c.unet.enable_gradient_checkpointing()
