@@ -175,7 +175,8 @@ def run_one(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) ->
 
 
 def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) -> dict:
-    """Wall time from starting `sdlora train` (a new process) to its first step event, cold then warm."""
+    """Wall time from starting `sdlora train` (a new process) to its first step event, twice (run1, run2): cold
+    then warm, or both warm when the same batch size was timed in this bench before (its compile cache filled)."""
     import subprocess
 
     import yaml
@@ -183,7 +184,7 @@ def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: in
     preset = out_dir / f"first-step-b{batch}.yaml"
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"batch": batch}
-    for attempt in ("cold", "warm"):
+    for attempt in ("run1", "run2"):
         name = f"first-{attempt}-b{batch}"
         preset.write_text(yaml.safe_dump({
             "name": name, "model": str(model_dir),
@@ -233,8 +234,10 @@ def main() -> None:
     parser.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--first-step", type=int, nargs="*", default=[],
                         help="also time `sdlora train` from process start to its first step at these batch "
-                             "sizes, twice each: cold, then with the compile and latent caches warm")
+                             "sizes, twice each (after the timed runs, so a batch size timed there starts warm)")
     parser.add_argument("--baseline", action="store_true", help="also time the diffusers-recipe loop")
+    parser.add_argument("--baseline-batch", type=int, nargs="*", default=[],
+                        help="batch sizes of the baseline loop (default: those of --batch)")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
     args = parser.parse_args()
 
@@ -244,15 +247,20 @@ def main() -> None:
     import diffusers
     import transformers
 
+    baseline_rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         save_pipeline_folder(random_sd15_pipeline(), tmp / "sd15", fp16=True)
         data_dir = make_images(tmp / "data", args.images, args.resolution)
-        first_steps = [time_to_first_step(tmp / "sd15", data_dir, tmp / "first", b, args) for b in args.first_step]
         rows = [run_one(tmp / "sd15", data_dir, tmp / "out", b, args) for b in args.batch]
+        # After the timed runs, so a batch size timed above starts with its compile cache warm.
+        first_steps = [time_to_first_step(tmp / "sd15", data_dir, tmp / "first", b, args) for b in args.first_step]
         if args.baseline:
-            base = {b: run_baseline(tmp / "sd15", b, args) for b in args.batch}
+            base = {b: run_baseline(tmp / "sd15", b, args) for b in args.baseline_batch or args.batch}
+            baseline_rows = list(base.values())
             for r in rows:
+                if r["batch"] not in base:
+                    continue
                 r["baseline_samples_per_s"] = base[r["batch"]]["samples_per_s"]
                 r["baseline_peak_gpu_mem_gib"] = base[r["batch"]]["peak_gpu_mem_gib"]
                 r["speedup_vs_baseline"] = round(r["samples_per_s"] / base[r["batch"]]["samples_per_s"], 2)
@@ -267,6 +275,7 @@ def main() -> None:
         "gradient_checkpointing": args.gradient_checkpointing, "compile": args.compile,
         "channels_last": args.channels_last, "cuda_graphs": args.cuda_graphs, "timed_steps": args.steps,
         "first_step": first_steps,
+        "baseline": baseline_rows,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
         "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
         "results": rows,
