@@ -43,10 +43,11 @@ def persist_compile_cache() -> None:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
 
 
-def compile_step_model(model: torch.nn.Module, cuda_graphs: bool) -> torch.nn.Module:
-    """A compiled view of `model` for the training step (same parameters)."""
+def compile_step_model(model: torch.nn.Module, cuda_graphs: bool, backend: str = "inductor") -> torch.nn.Module:
+    """A compiled view of `model` for the training step (same parameters). `backend` is for tests: aot_eager
+    traces the same forward and backward graphs as inductor without generating kernels."""
     persist_compile_cache()
-    return torch.compile(model, mode="reduce-overhead" if cuda_graphs else None)
+    return torch.compile(model, mode="reduce-overhead" if cuda_graphs else None, backend=backend)
 
 
 def mark_step_begin(cuda_graphs: bool) -> None:
