@@ -11,19 +11,27 @@ from sdlora.atomic import save_image
 from sdlora.config import SampleConfig
 
 
-def sample_images(components, unet, sample: SampleConfig, resolution: int, folder: Path,
-                  device: torch.device, dtype: torch.dtype) -> list[Path]:
-    """Render each of `sample.prompts` into `folder`/NN.png; returns the written paths."""
-    from diffusers import StableDiffusionPipeline
+def live_pipeline(components, unet, scheduler: str):
+    """A pipeline over the training components and the live (LoRA-carrying) UNet: SD, or SDXL's two encoders."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from sdlora.schedulers import make_scheduler
 
+    parts = dict(vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
+                 unet=unet, scheduler=make_scheduler(scheduler, components.noise_scheduler.config))
+    if components.text_encoder_2 is not None:
+        return StableDiffusionXLPipeline(text_encoder_2=components.text_encoder_2,
+                                         tokenizer_2=components.tokenizer_2, **parts)
+    return StableDiffusionPipeline(safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+                                   **parts)
+
+
+def sample_images(components, unet, sample: SampleConfig, resolution: int, folder: Path,
+                  device: torch.device, dtype: torch.dtype) -> list[Path]:
+    """Render each of `sample.prompts` into `folder`/NN.png; returns the written paths."""
     if not sample.prompts:
         return []
-    pipe = StableDiffusionPipeline(vae=components.vae, text_encoder=components.text_encoder,
-                                   tokenizer=components.tokenizer, unet=unet,
-                                   scheduler=make_scheduler(sample.scheduler, components.noise_scheduler.config),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = live_pipeline(components, unet, sample.scheduler)
     pipe.set_progress_bar_config(disable=True)
     size = sample.size or resolution
     was_training = unet.training

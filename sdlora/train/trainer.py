@@ -132,8 +132,9 @@ class Trainer:
         # Frozen parts live in the training precision: no fp32 copies of the base weights.
         self.components = load_components(cfg.model, dtype=self.dtype)
         c = self.components
-        for module in (c.vae, c.text_encoder):
-            module.requires_grad_(False).eval().to(self.device)
+        for module in (c.vae, c.text_encoder, c.text_encoder_2):
+            if module is not None:  # text_encoder_2: SDXL only
+                module.requires_grad_(False).eval().to(self.device)
         self.target_modules = add_lora(c.unet, cfg.network, seed=cfg.train.seed)
         if cfg.train.gradient_checkpointing:
             c.unet.enable_gradient_checkpointing()
@@ -261,9 +262,9 @@ class Trainer:
             step_loss = torch.zeros((), device=self.device)
             for _ in range(accum):
                 batch = next(batches)
-                latents, text_embeddings = self.encoder(batch, generator)
+                latents, cond = self.encoder(batch, generator)
                 with self.accelerator.autocast():
-                    per_sample = self.objective(self.step_unet, latents, text_embeddings, generator)
+                    per_sample = self.objective(self.step_unet, latents, cond, generator)
                 loss = (per_sample * batch["loss_weight"].to(self.device)).mean() / accum
                 self.accelerator.backward(loss)
                 step_loss += loss.detach()
