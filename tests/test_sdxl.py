@@ -43,13 +43,19 @@ def linear_and_conv_names(module: torch.nn.Module) -> list[str]:
     return [n for n, m in module.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
 
 
-def test_kohya_sdxl_names_follow_kohya_and_round_trip_for_every_module_of_full_size_sdxl():
-    from diffusers import UNet2DConditionModel
+def test_full_size_sdxl_configs_have_the_published_sizes_and_kohya_names_round_trip_for_every_module():
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from sdlora.models.architectures import SDXL_UNET
+    from sdlora.models.architectures import SDXL_TEXT_1, SDXL_TEXT_2, SDXL_UNET, SDXL_VAE
 
-    with torch.device("meta"):  # the real 2.6B-parameter structure, without allocating it
+    with torch.device("meta"):  # the real 3.5B-parameter structure, without allocating it
         unet = UNet2DConditionModel(**SDXL_UNET)
+        parts = [unet, AutoencoderKL(**SDXL_VAE), CLIPTextModel(CLIPTextConfig(**SDXL_TEXT_1)),
+                 CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_2))]
+    # SDXL base 1.0's parameter counts (UNet, VAE, CLIP ViT-L, OpenCLIP ViT-bigG with projection)
+    assert [sum(p.numel() for p in m.parameters()) for m in parts] == [2_567_463_684, 83_653_863, 123_060_480,
+                                                                       694_659_840]
     names = [f"unet.{n}" for n in linear_and_conv_names(unet)]
     assert len(names) == 794
     stems = [name_to_kohya_stem(name, sdxl=True) for name in names]
@@ -216,3 +222,35 @@ def test_generate_renders_with_the_sdxl_adapter(sdxl_run, tmp_path, capsys):
     with Image.open(out) as img:
         assert img.size == (96, 64)
     assert "xl.safetensors:0.8" in capsys.readouterr().out
+
+
+def test_an_sdxl_adapter_on_an_sd1_model_is_a_one_line_error(sdxl_run, tmp_path, capsys):
+    code = main(["generate", "--model", "tiny", "--lora", str(sdxl_run["run"] / "xl.safetensors"), "--prompt", "x",
+                 "--steps", "1", "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "this LoRA is for sdxl" in err and "SD 1.x/2.x model" in err
+
+
+def test_preview_engine_blends_on_sdxl(sdxl_run):
+    from ui.preview_engine import GenParams, PreviewEngine
+
+    engine = PreviewEngine()
+    adapter = sdxl_run["run"] / "xl.safetensors"
+    params = GenParams(prompt="a red circle", steps=2, width=64, height=64, scheduler="dpmpp_2m")
+    base = engine.generate(str(sdxl_run["model"]), [(adapter, 0.0)], params)
+    blended = engine.generate(str(sdxl_run["model"]), [(adapter, 1.5)], params)
+    assert engine.loads == 1 and base.size == blended.size == (64, 64)
+    import numpy as np
+
+    assert np.abs(np.asarray(base, dtype=float) - np.asarray(blended, dtype=float)).mean() > 0  # weight matters
+
+
+def test_lcm_mode_trains_on_sdxl(sdxl_run):
+    trainer = trainer_for(sdxl_run, steps=1)
+    trainer.config.mode = "lcm"
+    from sdlora.train.objective import make_objective
+
+    trainer.objective = make_objective(trainer.config, trainer.components, trainer.encoder)
+    assert trainer.objective.uncond_features["pooled_text_embeddings"].shape == (1, 32)
+    result = trainer.run()
+    assert result.status == "done" and len(result.losses) == 1 and 0 < result.losses[0] < 10
