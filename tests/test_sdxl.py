@@ -184,6 +184,14 @@ def test_the_adapter_loads_in_diffusers_sdxl_pipeline_and_reproduces_the_trained
         base = load_pipeline(str(sdxl_run["model"])).unet(latents, t, text, added_cond_kwargs=added).sample
     assert ((got - expected).norm() / expected.norm()).item() < 1e-4
     assert ((base - expected).norm() / expected.norm()).item() > 1e-3  # the training really moved the UNet
+    if fmt == "kohya":  # baking the adapter into the base weights gives the same UNet (merge == blend)
+        from sdlora.adapters import merge_into
+
+        merged_pipe = load_pipeline(str(sdxl_run["model"]))
+        assert merge_into(merged_pipe, [(load_adapter(path), 1.0)]) == len(adapter.layers)
+        with torch.no_grad():
+            merged = merged_pipe.unet(latents, t, text, added_cond_kwargs=added).sample
+        assert ((merged - expected).norm() / expected.norm()).item() < 1e-4
 
 
 def test_sdxl_key_names_round_trip_kohya_diffusers_bit_exact(sdxl_run, tmp_path):
