@@ -168,7 +168,8 @@ def run_one(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) ->
         "network": {"rank": args.rank, "alpha": args.rank},
         "train": {"steps": steps, "batch_size": batch, "lr": 1e-4, "mixed_precision": args.precision,
                   "gradient_checkpointing": args.gradient_checkpointing, "compile": args.compile,
-                  "channels_last": args.channels_last, "optimizer": args.optimizer},
+                  "channels_last": args.channels_last, "optimizer": args.optimizer,
+                  "cuda_graphs": args.cuda_graphs},
         "save": {"output_dir": str(out_dir)},
     })
     step_times: dict[int, float] = {}
@@ -206,6 +207,48 @@ def run_one(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) ->
     }
 
 
+def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) -> dict:
+    """Wall time from starting `sdlora train` (a new process) to its first step event, twice (run1, run2): cold
+    then warm, or both warm when the same batch size was timed in this bench before (its compile cache filled)."""
+    import subprocess
+
+    import yaml
+
+    preset = out_dir / f"first-step-b{batch}.yaml"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {"batch": batch}
+    for attempt in ("run1", "run2"):
+        name = f"first-{attempt}-b{batch}"
+        preset.write_text(yaml.safe_dump({
+            "name": name, "model": str(model_dir),
+            "data": {"dir": str(data_dir), "resolution": args.resolution, "cache": "disk",
+                     "num_workers": args.workers},
+            "network": {"rank": args.rank, "alpha": args.rank},
+            "train": {"steps": 3, "batch_size": batch, "mixed_precision": args.precision, "compile": args.compile,
+                      "cuda_graphs": args.cuda_graphs, "report_every": 1},
+            "save": {"output_dir": str(out_dir)}}))
+        start, start_unix = time.perf_counter(), time.time()
+        proc = subprocess.Popen([sys.executable, "-m", "sdlora", "train", "--preset", str(preset)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        events = out_dir / name / "events.jsonl"
+        first = None
+        while proc.poll() is None and first is None:
+            time.sleep(0.2)
+            if events.is_file() and '"event": "step"' in events.read_text():
+                first = time.perf_counter() - start
+        proc.wait()
+        if first is None:
+            raise RuntimeError(f"sdlora train ({attempt}) ended without a step: {proc.stderr.read()[-2000:]}")
+        result[f"{attempt}_s"] = round(first, 1)
+        # Split: process start -> `start` event (imports, model load, data check, caches) and the rest (the first
+        # step: compile or compile-cache load, CUDA-graph recording).
+        started = next(json.loads(line)["time"] for line in events.read_text().splitlines()
+                       if json.loads(line)["event"] == "start")
+        result[f"{attempt}_setup_s"] = round(started - start_unix, 1)
+        print(f"[{time.strftime('%X')}] first step, batch {batch}, {attempt}: {first:.1f} s", flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
@@ -223,7 +266,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--compile", default="off", choices=["auto", "on", "off"])
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"])
+    parser.add_argument("--first-step", type=int, nargs="*", default=[],
+                        help="also time `sdlora train` from process start to its first step at these batch "
+                             "sizes, twice each (after the timed runs, so a batch size timed there starts warm)")
     parser.add_argument("--baseline", action="store_true", help="also time the diffusers-recipe loop")
+    parser.add_argument("--baseline-batch", type=int, nargs="*", default=[],
+                        help="batch sizes of the baseline loop (default: those of --batch)")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     args.resolution = args.resolution or ARCH_RESOLUTION[args.arch]
@@ -231,14 +280,20 @@ def main() -> None:
     import diffusers
     import transformers
 
+    baseline_rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = build_model(args.arch, tmp / args.arch)
         data_dir = make_images(tmp / "data", args.images, args.resolution)
         rows = [run_one(model_dir, data_dir, tmp / "out", b, args) for b in args.batch]
+        # After the timed runs, so a batch size timed above starts with its compile cache warm.
+        first_steps = [time_to_first_step(model_dir, data_dir, tmp / "first", b, args) for b in args.first_step]
         if args.baseline:
-            base = {b: run_baseline(model_dir, b, args) for b in args.batch}
+            base = {b: run_baseline(model_dir, b, args) for b in args.baseline_batch or args.batch}
+            baseline_rows = list(base.values())
             for r in rows:
+                if r["batch"] not in base:
+                    continue
                 r["baseline_samples_per_s"] = base[r["batch"]]["samples_per_s"]
                 r["baseline_peak_gpu_mem_gib"] = base[r["batch"]]["peak_gpu_mem_gib"]
                 r["speedup_vs_baseline"] = round(r["samples_per_s"] / base[r["batch"]]["samples_per_s"], 2)
@@ -251,7 +306,9 @@ def main() -> None:
         "bench": "train_speed", "arch": args.arch, "resolution": args.resolution, "rank": args.rank,
         "precision": args.precision, "optimizer": args.optimizer, "cache": args.cache,
         "gradient_checkpointing": args.gradient_checkpointing, "compile": args.compile,
-        "channels_last": args.channels_last, "timed_steps": args.steps,
+        "channels_last": args.channels_last, "cuda_graphs": args.cuda_graphs, "timed_steps": args.steps,
+        "first_step": first_steps,
+        "baseline": baseline_rows,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
         "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
         "results": rows,

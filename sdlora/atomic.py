@@ -45,6 +45,24 @@ def atomic_open(target: Path | str, mode: str = "w", encoding: str | None = "utf
             fh.flush()
 
 
+@contextlib.contextmanager
+def atomic_dir(target: Path | str) -> Iterator[Path]:
+    """Yield a temporary folder beside `target`; on success it is renamed to `target` (replacing it)."""
+    import shutil
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_text(target: Path | str, text: str) -> None:
     with atomic_open(target, "w") as fh:
         fh.write(text)

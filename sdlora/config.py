@@ -52,6 +52,8 @@ class DataConfig:
     cache: Literal["none", "memory", "disk"] = opt("none", help="cache VAE latents and text embeddings")
     reg_dir: str = opt("", help="optional regularization (prior preservation) image folder")
     reg_weight: float = opt(1.0, min=0.0, max=10.0, help="loss weight of regularization images")
+    vae_tiling: Literal["auto", "on", "off"] = opt(
+        "auto", help="encode images in VAE tiles and slices to save memory (auto: on for images above 1024 px)")
     num_workers: int = opt(0, min=0, max=64, help="data loader worker processes (0 loads in the main process)")
 
 
@@ -90,7 +92,10 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = opt("auto", help="where to train")
     gradient_checkpointing: bool = opt(False, help="trade compute for memory in the UNet")
     max_bad_steps: int = opt(5, min=1, max=1000, help="non-finite losses in a row that stop the run")
-    compile: Literal["auto", "on", "off"] = opt("off", help="torch.compile the UNet step (auto: on CUDA); minutes of compile time on first use")
+    compile: Literal["auto", "on", "off"] = opt("off", help="torch.compile the UNet step (auto: on CUDA); minutes of compile time on first use, seconds once cached")
+    cuda_graphs: Literal["auto", "on", "off"] = opt(
+        "auto", help="with compile on a GPU, replay the UNet step as CUDA graphs (auto: on); removes the per-step "
+                     "host overhead that bounds small batches")
     channels_last: bool = opt(False, help="channels-last memory layout for the UNet's convolutions (CUDA; measured slower for SD 1.5 in bf16)")
     report_every: int = opt(0, min=0, max=10000,
                             help="steps between loss read-backs (0: every step on the CPU, every 10 on a GPU, so "
@@ -130,7 +135,13 @@ class LcmConfig:
 @dataclass
 class Config:
     name: str = opt("lora", help="run name: outputs/NAME and NAME.safetensors")
-    model: str = opt("tiny", help="'tiny' (built-in) or a path to a diffusers-format model folder")
+    model: str = opt("tiny", help="'tiny' (built-in), a diffusers-format model folder, or a single-file "
+                                  "checkpoint (.safetensors; original SD/SDXL layout)")
+    model_family: Literal["auto", "sd1", "sd2", "sd2-v", "sdxl", "sdxl-v"] = opt(
+        "auto", help="force the model family; -v means v-prediction (SD 2.x 768-v). auto: from the weights")
+    vae: str = opt("", help="VAE for a single-file model without one (or to replace its own): a VAE .safetensors "
+                            "or a diffusers VAE folder")
+    allow_pickle: bool = opt(False, help="allow a .ckpt/.pt/.bin pickle model file; loading a pickle can run code")
     mode: Literal["standard", "lcm"] = opt("standard", help="standard LoRA, or LCM-LoRA distillation")
     data: DataConfig = opt(default_factory=DataConfig, help="data set")
     network: NetworkConfig = opt(default_factory=NetworkConfig, help="LoRA network")
@@ -138,6 +149,11 @@ class Config:
     sample: SampleConfig = opt(default_factory=SampleConfig, help="sample images during training")
     save: SaveConfig = opt(default_factory=SaveConfig, help="adapter and checkpoints")
     lcm: LcmConfig = opt(default_factory=LcmConfig, help="LCM-LoRA distillation (mode: lcm)")
+
+    @property
+    def model_options(self) -> dict[str, Any]:
+        """The keyword arguments of sdlora.models' loaders that this config sets."""
+        return {"family": self.model_family, "allow_pickle": self.allow_pickle, "vae": self.vae or None}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -31,7 +31,7 @@ def test_components_carry_the_training_schedule():
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda p: p, "no such folder"),
+    (lambda p: p, "no such file or folder"),
     (lambda p: (p.mkdir(), p)[1], "model_index.json is missing"),
     (lambda p: (p.mkdir(), (p / "model_index.json").write_text("{}"), p)[2], "subfolder(s) unet, vae"),
     (lambda p: (p.mkdir(), (p / "model_index.json").write_text("{nope"), p)[2], "not valid JSON"),

@@ -262,3 +262,26 @@ def test_lcm_mode_trains_on_sdxl(sdxl_run):
     assert trainer.objective.uncond_features["pooled_text_embeddings"].shape == (1, 32)
     result = trainer.run()
     assert result.status == "done" and len(result.losses) == 1 and 0 < result.losses[0] < 10
+
+
+def test_a_single_file_sdxl_checkpoint_trains_a_step(tmp_path, monkeypatch):
+    """The single-file loader's SDXL folder (original SGM layout -> diffusers, in the cache) feeds the trainer."""
+    from ldm_fixtures import build_models, to_single_file
+    from safetensors.torch import save_file
+
+    from sdlora.config import config_from_dict
+    from sdlora.events import EventBus
+    from sdlora.train.rundir import new_run
+    from sdlora.train.trainer import Trainer
+
+    monkeypatch.setenv("SDLORA_CACHE", str(tmp_path / "cache"))
+    checkpoint = tmp_path / "xl-finetune.safetensors"
+    save_file(to_single_file(build_models("sdxl"), "sdxl"), str(checkpoint))
+    config = config_from_dict({"name": "file", "model": str(checkpoint),
+                               "data": {"dir": str(make_shape_folder(tmp_path / "data", count=2)), "resolution": 64},
+                               "train": {"steps": 1, "batch_size": 2}, "save": {"output_dir": str(tmp_path / "out")}})
+    trainer = Trainer(config, new_run(config), EventBus())
+    trainer.setup()
+    assert trainer.components.family == "sdxl" and trainer.components.text_encoder_2 is not None
+    result = trainer.run()
+    assert result.status == "done" and 0 < result.losses[0] < 10

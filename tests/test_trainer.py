@@ -196,7 +196,7 @@ def test_cli_errors_are_one_line_with_exit_code_2(shapes_dir, tmp_path):
     preset = _preset(tmp_path, shapes_dir, "bad", 5)
     cases = [
         (["--set", "train.setps=5"], "did you mean 'train.steps'"),
-        (["--set", "model=/no/such/model"], "model '/no/such/model': no such folder"),
+        (["--set", "model=/no/such/model"], "model '/no/such/model': no such file or folder"),
         (["--set", "data.dir=/no/such/dir"], "data.dir"),
         (["--set", "network.rank=0"], "network.rank: 0 is out of range"),
     ]

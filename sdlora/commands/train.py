@@ -19,6 +19,9 @@ def register(sub) -> None:
                    help="override a preset key, e.g. --set train.steps=200 (repeatable)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR (outputs/NAME)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and plan, then exit")
+    p.add_argument("--gpus", type=int, default=1, metavar="N",
+                   help="data-parallel training on N GPUs of this machine, one process each (batch_size is per "
+                        "GPU); for several machines use `accelerate launch -m sdlora train ...`")
     p.set_defaults(handler=run)
 
 
@@ -42,11 +45,15 @@ def resolve_data_dir(config: Config, preset: Path | None) -> Config:
 
 def run(args) -> int:
     from sdlora.events import ConsoleReporter, EventBus, JsonlWriter
-    from sdlora.train.rundir import new_run, open_run
+    from sdlora.train.rundir import RunPaths, new_run, open_run
     from sdlora.train.trainer import StopFlag, Trainer
+
+    from sdlora.train import distributed
 
     if args.resume is None and args.preset is None:
         raise SdloraError("give --preset FILE (see presets/) or --resume outputs/NAME")
+    if args.gpus < 1:
+        raise SdloraError(f"--gpus {args.gpus}: give a number of GPUs of 1 or more")
     if args.resume is not None:
         config, paths = open_run(args.resume, args.overrides)
     else:
@@ -54,10 +61,24 @@ def run(args) -> int:
         paths = None
     if args.dry_run:
         return dry_run(config)
-    if paths is None:
+    if args.gpus > 1 and not distributed.is_distributed():
+        if config.train.device != "cpu":  # train.device=cpu: N processes on the CPU (gloo), as the tests do
+            check_gpus(args.gpus)
+        return distributed.launch(args.gpus, without_gpus_flag(sys.argv[1:]))
+    if distributed.is_distributed():
+        from accelerate import PartialState
+
+        # Rank 0 makes (or checks) the run folder; the others use it once it is there.
+        state = PartialState(cpu=config.train.device == "cpu")
+        with state.main_process_first():
+            if paths is None:
+                paths = new_run(config) if state.is_main_process else RunPaths(
+                    Path(config.save.output_dir) / config.name, config.name)
+    elif paths is None:
         paths = new_run(config)
 
-    events = EventBus([JsonlWriter(paths.events), ConsoleReporter()])
+    main = distributed.rank() == 0
+    events = EventBus([JsonlWriter(paths.events), ConsoleReporter()] if main else [])
     stop = StopFlag()
     install_stop_handlers(stop)
     trainer = Trainer(config, paths, events, stop)
@@ -74,8 +95,30 @@ def run(args) -> int:
         events.close()
     if result.status == "error":
         return 1
-    print(f"adapter: {result.adapter_path}" if result.adapter_path else "", file=sys.stderr)
+    if main and result.adapter_path:
+        print(f"adapter: {result.adapter_path}", file=sys.stderr)
     return 0
+
+
+def check_gpus(count: int) -> None:
+    import torch
+
+    have = torch.cuda.device_count()
+    if have < count:
+        raise SdloraError(f"--gpus {count}: this machine has {have} CUDA GPU(s); lower --gpus")
+
+
+def without_gpus_flag(argv: list[str]) -> list[str]:
+    """The command line the workers run: the same, less `--gpus N` (they are the N)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--gpus":
+            skip = True
+        elif not arg.startswith("--gpus="):
+            out.append(arg)
+    return out
 
 
 def install_stop_handlers(stop) -> None:
@@ -110,7 +153,7 @@ def dry_run(config: Config) -> int:
     print("# data")
     for line in summarize(dataset, batch_size=config.train.batch_size).lines():
         print(f"  {line}")
-    components = load_components(config.model)
+    components = load_components(config.model, **config.model_options)
     modules = add_lora(components.unet, config.network, seed=config.train.seed)
     trainable, total = count_parameters(components.unet)
     train = config.train

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from sdlora.errors import SdloraError
+from sdlora.models.family import check_override, folder_family, parse_family
 from sdlora.models.registry import builtin_models
 
 # Never reach for a hub, whatever the caller's environment says: a missing file must be an error, not a download.
@@ -69,19 +70,27 @@ class Components:
         return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
 
 
-def resolve_model(ref: str) -> Path:
-    """A built-in name or a folder path -> the folder, checked to be a diffusers-format SD model."""
+def resolve_model(ref: str, *, family: str = "auto", allow_pickle: bool = False, vae: str | None = None) -> Path:
+    """A built-in name, a folder or a single-file checkpoint -> a diffusers-format SD folder.
+
+    A single file is converted once into the user cache (sdlora.models.single_file); `family`, `allow_pickle`
+    and `vae` are the config's model_family, allow_pickle and vae.
+    """
     builtins = builtin_models()
     if ref in builtins:
         return builtins[ref].ensure()
     path = Path(ref).expanduser()
     if not path.exists():
         names = ", ".join(builtins)
-        raise SdloraError(f"model '{ref}': no such folder; give a diffusers-format model folder or a built-in "
-                          f"model ({names})")
+        raise SdloraError(f"model '{ref}': no such file or folder; give a .safetensors checkpoint, a "
+                          f"diffusers-format model folder or a built-in model ({names})")
     if path.is_file():
-        raise SdloraError(f"model '{ref}': single-file checkpoints are not supported yet; convert it to a "
-                          f"diffusers folder or give a diffusers-format model folder")
+        from sdlora.models.single_file import single_file_folder
+
+        return single_file_folder(path, family=family, allow_pickle=allow_pickle, vae=vae)
+    if vae:
+        raise SdloraError(f"vae: applies to single-file checkpoints; model '{ref}' is a folder with its own vae/ "
+                          f"(replace that subfolder instead)")
     index = path / "model_index.json"
     if not index.is_file():
         raise SdloraError(f"model '{ref}': {index} is missing; this is not a diffusers-format model folder")
@@ -97,12 +106,10 @@ def resolve_model(ref: str) -> Path:
     return path
 
 
-def detect_family(path: Path) -> str:
-    index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
-    if "text_encoder_2" in index or "XL" in str(index.get("_class_name", "")):
-        return "sdxl"
-    unet_cfg = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
-    return "sd2" if unet_cfg.get("cross_attention_dim") == 1024 else "sd1"
+def detect_family(path: Path, forced: str = "auto") -> tuple[str, str | None]:
+    """(family, forced prediction type or None) of a folder; `forced` is the config's model_family."""
+    family, prediction = parse_family(forced)
+    return check_override(str(path), folder_family(path), family), prediction
 
 
 def _load(cls: Any, path: Path, sub: str, **kwargs: Any) -> Any:
@@ -114,13 +121,18 @@ def _load(cls: Any, path: Path, sub: str, **kwargs: Any) -> Any:
                           f"damaged") from None
 
 
-def load_components(ref: str, *, dtype: torch.dtype = torch.float32) -> Components:
-    """Load the UNet, VAE, text encoder(s), tokenizer(s) and training noise schedule of `ref` (on the CPU)."""
+def load_components(ref: str, *, dtype: torch.dtype = torch.float32, family: str = "auto",
+                    allow_pickle: bool = False, vae: str | None = None) -> Components:
+    """Load the UNet, VAE, text encoder(s), tokenizer(s) and training noise schedule of `ref` (on the CPU).
+
+    `family` is the config's model_family: it can force the family and the prediction type (e.g. sd2-v).
+    """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    path = resolve_model(ref)
-    family = detect_family(path)
+    path = resolve_model(ref, family=family, allow_pickle=allow_pickle, vae=vae)
+    family, prediction = detect_family(path, family)
+    scheduler_kwargs = {"prediction_type": prediction} if prediction else {}
     second = {}
     if family == "sdxl":
         second = dict(text_encoder_2=_load(CLIPTextModelWithProjection, path, "text_encoder_2", dtype=dtype),
@@ -132,24 +144,28 @@ def load_components(ref: str, *, dtype: torch.dtype = torch.float32) -> Componen
         vae=_load(AutoencoderKL, path, "vae", dtype=dtype),
         text_encoder=_load(CLIPTextModel, path, "text_encoder", dtype=dtype),
         tokenizer=_load(CLIPTokenizer, path, "tokenizer"),
-        noise_scheduler=_load(DDPMScheduler, path, "scheduler"),
+        noise_scheduler=_load(DDPMScheduler, path, "scheduler", **scheduler_kwargs),
         **second,
     )
 
 
-def load_pipeline(ref: str, *, dtype: torch.dtype = torch.float32):
+def load_pipeline(ref: str, *, dtype: torch.dtype = torch.float32, family: str = "auto",
+                  allow_pickle: bool = False, vae: str | None = None):
     """The whole pipeline of `ref` (StableDiffusionPipeline, or StableDiffusionXLPipeline for SDXL), for
     sampling and previews."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    path = resolve_model(ref)
+    path = resolve_model(ref, family=family, allow_pickle=allow_pickle, vae=vae)
+    detected, prediction = detect_family(path, family)
     try:
-        if detect_family(path) == "sdxl":
+        if detected == "sdxl":
             pipe = StableDiffusionXLPipeline.from_pretrained(path, local_files_only=True, dtype=dtype)
         else:
             pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype,
                                                            safety_checker=None, requires_safety_checker=False)
     except (OSError, ValueError) as exc:
         raise SdloraError(f"model '{ref}': cannot load the pipeline ({str(exc).splitlines()[0]})") from None
+    if prediction:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction)
     pipe.set_progress_bar_config(disable=True)
     return pipe

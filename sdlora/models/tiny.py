@@ -160,13 +160,9 @@ def build_tiny_pipeline(seed: int = 0):
 
 def save_pipeline_folder(pipeline, dest: Path, *, fp16: bool = False) -> None:
     """Write `pipeline` as a diffusers-format folder at `dest`, atomically (built beside it, then renamed)."""
-    import shutil
-    import tempfile
+    from sdlora.atomic import atomic_dir
 
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:
         if fp16:
             pipeline = pipeline.to(torch.float16)
         pipeline.save_pretrained(tmp, safe_serialization=True)
@@ -176,9 +172,3 @@ def save_pipeline_folder(pipeline, dest: Path, *, fp16: bool = False) -> None:
             write_tokenizer(tmp / "tokenizer")
             if getattr(pipeline, "tokenizer_2", None) is not None:  # an SDXL pipeline built with the same vocabulary
                 write_tokenizer(tmp / "tokenizer_2")
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

@@ -17,6 +17,22 @@ from typing import Any
 import torch
 
 
+TILING_ABOVE = 1024  # px: larger images are encoded in tiles under data.vae_tiling: auto
+
+
+def set_vae_memory(vae, mode: str, largest_side: int) -> bool:
+    """VAE slicing (one image of a batch at a time: same latents, less memory) always; tiling (overlapping
+    tiles, blended: slightly different latents, far less memory) when `mode` is on, or auto above 1024 px.
+    Returns whether tiling is on."""
+    vae.enable_slicing()
+    tiling = mode == "on" or (mode == "auto" and largest_side > TILING_ABOVE)
+    if tiling:
+        vae.enable_tiling()
+    else:
+        vae.disable_tiling()
+    return tiling
+
+
 @dataclass
 class Conditioning:
     """The UNet's conditioning for a batch: text hidden states and, for SDXL, pooled text and size/crop ids."""
@@ -116,19 +132,19 @@ class BatchEncoder:
 
     @torch.no_grad()
     def latents(self, pixel_values: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        pixels = pixel_values.to(self.device, dtype=self.vae.dtype)
+        pixels = pixel_values.to(self.device, non_blocking=True).to(self.vae.dtype)
         posterior = self.vae.encode(pixels).latent_dist
         # SD scales latents to unit variance (Rombach et al. 2022, sec. 4.3.2); newer VAEs also shift them.
         return ((posterior.sample(generator=generator) - self.shift) * self.scaling).to(self.dtype)
 
     def __call__(self, batch: dict[str, Any], generator: torch.Generator | None) -> tuple[torch.Tensor, Conditioning]:
         if "latents" in batch:
-            latents = batch["latents"].to(self.device, dtype=self.dtype)
+            latents = batch["latents"].to(self.device, non_blocking=True).to(self.dtype)
         else:
             latents = self.latents(batch["pixel_values"], generator)
         names = ("text_embeddings", "pooled_text_embeddings") if self.is_sdxl else ("text_embeddings",)
         if all(name in batch for name in names):
-            features = {name: batch[name].to(self.device, dtype=self.dtype) for name in names}
+            features = {name: batch[name].to(self.device, non_blocking=True).to(self.dtype) for name in names}
         else:
             features = self.text_features(batch["caption"])
         return latents, self._conditioning(features, batch)

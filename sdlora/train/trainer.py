@@ -23,7 +23,9 @@ from sdlora.errors import SdloraError
 from sdlora.events import EventBus
 from sdlora.network import add_lora, count_parameters, extract_adapter, load_into, lora_parameters
 from sdlora.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from sdlora.train.encode import BatchEncoder
+from sdlora.train.compiled import compile_step_model, mark_step_begin, use_compile, use_cuda_graphs
+from sdlora.train.distributed import GradientSync, any_process, is_distributed, mean_across_processes
+from sdlora.train.encode import BatchEncoder, set_vae_memory
 from sdlora.train.metadata import adapter_metadata
 from sdlora.train.objective import make_objective
 from sdlora.train.optim import make_lr_scheduler, make_optimizer
@@ -130,11 +132,13 @@ class Trainer:
         with collect_warnings(self.events):
             self.dataset = build_dataset(cfg.data)
         # Frozen parts live in the training precision: no fp32 copies of the base weights.
-        self.components = load_components(cfg.model, dtype=self.dtype)
+        self.components = load_components(cfg.model, dtype=self.dtype, **cfg.model_options)
         c = self.components
         for module in (c.vae, c.text_encoder, c.text_encoder_2):
             if module is not None:  # text_encoder_2: SDXL only
                 module.requires_grad_(False).eval().to(self.device)
+        largest = max(cfg.data.bucket_max, cfg.data.resolution) if cfg.data.buckets else cfg.data.resolution
+        set_vae_memory(c.vae, cfg.data.vae_tiling, largest)
         self.target_modules = add_lora(c.unet, cfg.network, seed=cfg.train.seed)
         if cfg.train.gradient_checkpointing:
             c.unet.enable_gradient_checkpointing()
@@ -144,15 +148,25 @@ class Trainer:
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg.train)
         if cfg.train.channels_last and self.device.type == "cuda":
             c.unet.to(memory_format=torch.channels_last)
-        self.unet, self.optimizer = self.accelerator.prepare(c.unet, self.optimizer)
+        # Only the optimizer goes through accelerate (fp16 loss scaling); the UNet is not wrapped in DDP: its
+        # LoRA gradients are averaged with one all-reduce per step (distributed.py), which CUDA graphs allow.
+        self.unet = c.unet
+        self.optimizer = self.accelerator.prepare(self.optimizer)
         # The training step runs a compiled view of the UNet (same parameters); sampling and saving use the
         # plain module, so other shapes (CFG batches at sampling) never trigger recompilation of the step.
-        use_compile = cfg.train.compile == "on" or (cfg.train.compile == "auto" and self.device.type == "cuda")
-        self.step_unet = torch.compile(self.unet) if use_compile else self.unet
+        self.cuda_graphs = use_cuda_graphs(cfg.train, self.device)
+        if use_compile(cfg.train, self.device):
+            self.step_unet = compile_step_model(self.unet, self.cuda_graphs)
+        else:
+            self.step_unet = self.unet
+        self.grad_sync = GradientSync(self.params) if self.cuda_graphs or is_distributed() else None
+        self.is_main = self.accelerator.is_main_process
+        self.rank = self.accelerator.process_index
         self.encoder = BatchEncoder(c, self.device, self.dtype)
-        with collect_warnings(self.events):
+        with collect_warnings(self.events), self.accelerator.main_process_first():
             # Checks caption lengths; with data.cache on, encodes what the cache lacks, so batches then carry
-            # latents and text embeddings and the VAE/text encoder never run in the loop.
+            # latents and text embeddings and the VAE/text encoder never run in the loop. (Rank 0 fills a disk
+            # cache first; the other ranks then find it full.)
             self.cache_stats = self.dataset.attach_encoder(self.encoder)
         self.objective = make_objective(cfg, c, self.encoder)
         self.trainable, self.total_params = count_parameters(c.unet)
@@ -167,11 +181,16 @@ class Trainer:
     def save_adapter(self, path: Path, steps_done: int) -> Path:
         from sdlora.adapters.io import save_adapter
 
+        if not self.is_main:  # rank 0 owns the run folder; every rank holds the same LoRA weights
+            return path
+
         adapter = extract_adapter(self.accelerator.unwrap_model(self.unet), self.metadata(steps_done))
         save_adapter(adapter, path, fmt=self.config.save.format, dtype=self.config.save.dtype)
         return path
 
-    def save_checkpoint(self, step: int, bad_steps: int) -> Path:
+    def save_checkpoint(self, step: int, bad_steps: int) -> Path | None:
+        if not self.is_main:
+            return None
         adapter = extract_adapter(self.accelerator.unwrap_model(self.unet))
         name = f"{self.config.name}.safetensors"
         path = save_checkpoint(self.paths.checkpoints, step, adapter, self.optimizer, self.lr_scheduler, bad_steps,
@@ -181,7 +200,7 @@ class Trainer:
         return path
 
     def sample(self, step: int) -> None:
-        if not self.config.sample.prompts:
+        if not self.config.sample.prompts or not self.is_main:
             return
         folder = self.paths.samples / f"step-{step:06d}"
         images = sample_images(self.components, self.accelerator.unwrap_model(self.unet), self.config.sample,
@@ -190,7 +209,7 @@ class Trainer:
 
     def report(self, pending: list[tuple[int, torch.Tensor]], samples_per_step: int) -> str:
         """Read back the losses of the steps since the last report (one host sync) and emit their events."""
-        values = torch.stack([loss for _, loss in pending]).float().cpu().tolist()
+        values = torch.stack([loss for _, loss in pending]).float().cpu().tolist()  # already averaged
         now = time.perf_counter()
         rate = round(samples_per_step * len(pending) / max(now - self.window_start, 1e-9), 3)
         self.window_start = now
@@ -230,13 +249,18 @@ class Trainer:
             plan = MicroBatchPlan(self.dataset, train.batch_size, train.seed, start=start_step * accum,
                                   num_processes=self.accelerator.num_processes,
                                   process_index=self.accelerator.process_index)
+        # Pinned batches copy to the GPU asynchronously: a pageable copy would make the host wait for the GPU
+        # to drain every step, so the next step could not be queued while this one runs.
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=plan, collate_fn=collate,
                                              num_workers=cfg.data.num_workers,
+                                             pin_memory=self.device.type == "cuda",
                                              persistent_workers=cfg.data.num_workers > 0)
         batches = iter(loader)
         self.events.emit("start", step=start_step, total_steps=train.steps, path=self.paths.root,
                          message=f"{len(self.dataset.records)} images, {self.trainable:,} trainable parameters "
                                  f"in {len(self.target_modules)} modules, on {self.device.type}"
+                                 + (f" x {self.accelerator.num_processes} processes"
+                                    if self.accelerator.num_processes > 1 else "")
                                  + (f"; {self.cache_stats.line()}" if self.cache_stats else ""),
                          resumed=resume)
         if start_step == 0 and cfg.sample.every:
@@ -257,17 +281,24 @@ class Trainer:
         while step < train.steps:
             step += 1
             torch.manual_seed(step_seed(train.seed, step, salt=1))  # LoRA dropout and anything global
-            generator.manual_seed(step_seed(train.seed, step))
-            self.optimizer.zero_grad(set_to_none=True)
+            # Rank 0 draws what a single-process run draws; other ranks draw their own noise for their slice.
+            generator.manual_seed(step_seed(train.seed, step, salt=0 if self.rank == 0 else 1000 + self.rank))
+            # With CUDA graphs the gradient buffers are the trainer's own and are zeroed in place (compiled.py).
+            self.optimizer.zero_grad(set_to_none=self.grad_sync is None)
             step_loss = torch.zeros((), device=self.device)
             for _ in range(accum):
                 batch = next(batches)
+                mark_step_begin(self.cuda_graphs)
                 latents, cond = self.encoder(batch, generator)
                 with self.accelerator.autocast():
                     per_sample = self.objective(self.step_unet, latents, cond, generator)
-                loss = (per_sample * batch["loss_weight"].to(self.device)).mean() / accum
+                loss = (per_sample * batch["loss_weight"].to(self.device, non_blocking=True)).mean() / accum
                 self.accelerator.backward(loss)
                 step_loss += loss.detach()
+            if self.grad_sync is not None:
+                self.grad_sync.all_reduce()
+            # Every process must agree on skipping a non-finite step: the averaged gradients are shared.
+            step_loss = mean_across_processes(step_loss)
             if skip_on_device:
                 inner_optimizer.found_inf = (~torch.isfinite(step_loss)).float()
                 finite = True
@@ -279,7 +310,10 @@ class Trainer:
                 self.optimizer.step()
             self.lr_scheduler.step()
             pending.append((step, step_loss))
-            must_report = (step % report_every == 0 or step == train.steps or self.stop.requested
+            # Under data parallelism a stop request is agreed on at the next report window (any_process), so
+            # every process stops after the same step.
+            must_report = (step % report_every == 0 or step == train.steps
+                           or (self.stop.requested and not is_distributed())
                            or (cfg.sample.every and step % cfg.sample.every == 0)
                            or (cfg.save.every and step % cfg.save.every == 0))
             if not must_report:
@@ -290,7 +324,7 @@ class Trainer:
                 self.events.emit("error", step=step, message=message)
                 return TrainResult("error", step - self.bad_steps, None, self.losses)
             pending = []
-            if self.stop.requested:
+            if any_process(self.stop.requested, self.device):
                 self.save_checkpoint(step, self.bad_steps)
                 path = self.save_adapter(self.paths.adapter, step)
                 self.events.emit("stopped", step=step, total_steps=train.steps, path=path,

@@ -1,0 +1,115 @@
+"""Read a single-file checkpoint (original LDM/SGM key layout) into a state dict, safely, with clear refusals.
+
+safetensors files are read as they are. Pickle files (.ckpt, .pt, .pth, .bin) can run arbitrary code when
+loaded, so they are refused unless the user sets `allow_pickle: true`. A file that is damaged, or is something
+else (a LoRA, a VAE alone, a text file), is a one-line error saying what it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from sdlora.atomic import write_text
+from sdlora.errors import SdloraError
+
+SAFE_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+# Prefixes of the original layout: UNet, VAE, SD 1.x CLIP / SD 2.x OpenCLIP, SDXL's two encoders.
+UNET_PREFIX = "model.diffusion_model."
+
+
+def read_checkpoint(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state dict, safetensors metadata) of a single-file model; refuses pickles unless allowed."""
+    suffix = path.suffix.lower()
+    if suffix in SAFE_SUFFIXES:
+        state, meta = _read_safetensors(path)
+    elif suffix in PICKLE_SUFFIXES:
+        state, meta = _read_pickle(path, allow_pickle), {}
+    else:
+        raise SdloraError(f"model '{path}': not a model file (expected .safetensors, or a .ckpt with "
+                          f"allow_pickle: true) nor a diffusers-format folder")
+    _check_is_a_model(path, state)
+    return state, meta
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except Exception as exc:  # safetensors raises its own error types for a bad header or a short file
+        raise SdloraError(f"model '{path}': not a readable .safetensors file ({_first_line(exc)}); the file is "
+                          f"damaged or incomplete (download it again)") from None
+
+
+def _read_pickle(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    if not allow_pickle:
+        raise SdloraError(f"model '{path}': {path.suffix} is a pickle file, and loading one can run arbitrary code; "
+                          f"use a .safetensors version of the model, or set allow_pickle: true if you trust it")
+    warnings.warn(f"loading pickle file {path} (allow_pickle: true): a pickle can run arbitrary code; "
+                  f"use only files you trust")
+    try:
+        try:  # tensors-only unpickling first; Lightning checkpoints may hold other objects
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise SdloraError(f"model '{path}': not a readable checkpoint ({_first_line(exc)}); the file is damaged "
+                          f"or not a PyTorch file") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]  # PyTorch Lightning wraps the weights
+    if not isinstance(obj, dict):
+        raise SdloraError(f"model '{path}': holds a {type(obj).__name__}, not a state dict of weights")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _check_is_a_model(path: Path, state: dict[str, torch.Tensor]) -> None:
+    keys = list(state)
+    if any(k.startswith(UNET_PREFIX) for k in keys):
+        return
+    if any(".lora_down." in k or ".lora_A." in k or k.startswith("lora_") for k in keys):
+        raise SdloraError(f"model '{path}': this is a LoRA adapter, not a base model; give it as an adapter "
+                          f"(--lora) and a full Stable Diffusion checkpoint as the model")
+    if any(k.startswith(("down_blocks.", "unet.down_blocks.")) for k in keys):
+        raise SdloraError(f"model '{path}': diffusers-layout weights in one file; give the diffusers folder it "
+                          f"came from (with model_index.json) instead")
+    if any(k.startswith(("encoder.down.", "first_stage_model.")) for k in keys):
+        raise SdloraError(f"model '{path}': this is a VAE alone, not a full model; give it as vae: and a full "
+                          f"Stable Diffusion checkpoint as the model")
+    raise SdloraError(f"model '{path}': no Stable Diffusion UNet weights (model.diffusion_model.*) in "
+                      f"{len(keys)} tensors; not a Stable Diffusion checkpoint")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def content_hash(path: Path, memo_dir: Path) -> str:
+    """sha256 of the file's bytes, remembered by (path, size, mtime) so a multi-GB file is hashed once."""
+    stat = path.stat()
+    stamp = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo = memo_dir / f"{hashlib.sha256(stamp.encode()).hexdigest()[:32]}.json"
+    try:
+        return json.loads(memo.read_text(encoding="utf-8"))["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            digest.update(chunk)
+    sha = digest.hexdigest()
+    memo_dir.mkdir(parents=True, exist_ok=True)
+    write_text(memo, json.dumps({"path": str(path.resolve()), "sha256": sha}))
+    return sha
+
+
+
