@@ -285,3 +285,25 @@ def test_a_single_file_sdxl_checkpoint_trains_a_step(tmp_path, monkeypatch):
     assert trainer.components.family == "sdxl" and trainer.components.text_encoder_2 is not None
     result = trainer.run()
     assert result.status == "done" and 0 < result.losses[0] < 10
+
+
+def test_fp16_samples_decode_sdxl_latents_in_fp32(sdxl_run, tmp_path):
+    """Under fp16 autocast SDXL's VAE (force_upcast: it overflows in fp16) still decodes in fp32, autocast off."""
+    from sdlora.config import SampleConfig
+    from sdlora.models import load_components
+    from sdlora.train.sampling import sample_images
+
+    c = load_components(str(sdxl_run["model"]))
+    c.vae.register_to_config(force_upcast=True)  # as SDXL base's VAE config says
+    calls = []
+    decode = c.vae.decode
+
+    def spy(latents, *args, **kwargs):
+        calls.append((latents.dtype, torch.is_autocast_enabled("cpu")))
+        return decode(latents, *args, **kwargs)
+
+    c.vae.decode = spy
+    paths = sample_images(c, c.unet, SampleConfig(prompts=["a red circle"], steps=2), 64, tmp_path,
+                          torch.device("cpu"), torch.float16)
+    assert len(paths) == 1 and paths[0].is_file()
+    assert calls == [(torch.float32, False)]

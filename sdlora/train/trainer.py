@@ -137,6 +137,9 @@ class Trainer:
         for module in (c.vae, c.text_encoder, c.text_encoder_2):
             if module is not None:  # text_encoder_2: SDXL only
                 module.requires_grad_(False).eval().to(self.device)
+        if self.dtype == torch.float16 and getattr(c.vae.config, "force_upcast", False):
+            # SDXL's VAE overflows in fp16 (its config says force_upcast): it encodes in fp32, as diffusers does.
+            c.vae.to(torch.float32)
         largest = max(cfg.data.bucket_max, cfg.data.resolution) if cfg.data.buckets else cfg.data.resolution
         set_vae_memory(c.vae, cfg.data.vae_tiling, largest)
         self.target_modules = add_lora(c.unet, cfg.network, seed=cfg.train.seed)
