@@ -1,11 +1,16 @@
-"""Training speed of `sdlora train`'s real code path on the SD 1.5 architecture with random weights.
+"""Training speed of `sdlora train`'s real code path on the SD 1.5 or SDXL architecture with random weights.
 
     python bench/train_speed.py --batch 1 8 --resolution 512 --steps 30 --warmup 10
+    python bench/train_speed.py --arch sdxl --batch 1 4 --steps 20 --warmup 10        # 1024 px by default
+    python bench/train_speed.py --arch sdxl-tiny --batch 2 --steps 1 --warmup 1 --workers 0   # a CPU check
 
-Builds an SD 1.5-shaped pipeline folder with random weights (no download), a folder of synthetic 512 px images,
+Builds an SD 1.5- or SDXL-base-shaped pipeline folder with random weights (no download), a folder of synthetic
+images at the training resolution,
 then runs the Trainer (the same object `sdlora train` runs) for warmup + steps steps per batch size, timing the
 steps after warm-up from the trainer's own step events. Prints one JSON object, then a table.
-Speed does not depend on the weight values, so the figures hold for real SD 1.5 checkpoints.
+Speed does not depend on the weight values, so the figures hold for real SD 1.5 / SDXL checkpoints.
+`sdxl-tiny` is the tests' small SDXL structure: it runs the same SDXL code path (two text encoders, pooled and
+size/crop conditioning) in seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -21,6 +26,32 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ARCH_RESOLUTION = {"sd15": 512, "sdxl": 1024, "sdxl-tiny": 64}
+
+
+def build_model(arch: str, dest: Path) -> Path:
+    """A random-weight pipeline folder of `arch` at `dest` (fp16 on disk, as checkpoints are shipped)."""
+    from sdlora.models.architectures import random_sd15_pipeline, random_sdxl_pipeline
+    from sdlora.models.tiny import save_pipeline_folder
+
+    pipe = random_sd15_pipeline() if arch == "sd15" else random_sdxl_pipeline(tiny=arch == "sdxl-tiny")
+    save_pipeline_folder(pipe, dest, fp16=True)
+    return dest
+
+
+def text_conditioning(c, batch: int, resolution: int, device) -> tuple[torch.Tensor, dict]:
+    """(encoder_hidden_states, extra UNet kwargs) for a fixed caption, as the diffusers recipes compute them."""
+    from sdlora.train.encode import BatchEncoder, micro_conditioning
+
+    encoder = BatchEncoder(c, device, torch.bfloat16)
+    features = encoder.text_features(["a photo"] * batch)
+    if c.text_encoder_2 is None:
+        return features["text_embeddings"], {}
+    size = [(resolution, resolution)] * batch
+    time_ids = micro_conditioning({"original_size": size, "crop_top_left": [(0, 0)] * batch, "target_size": size})
+    return features["text_embeddings"], {"added_cond_kwargs": {
+        "text_embeds": features["pooled_text_embeddings"], "time_ids": time_ids.to(device, torch.bfloat16)}}
 
 
 def make_images(folder: Path, count: int, size: int) -> Path:
@@ -47,8 +78,9 @@ def run_baseline(model_dir: Path, batch: int, args) -> dict:
 
     device = torch.device("cuda")
     c = load_components(str(model_dir), dtype=torch.bfloat16)
-    for m in (c.unet, c.vae, c.text_encoder):
-        m.requires_grad_(False).to(device)
+    for m in (c.unet, c.vae, c.text_encoder, c.text_encoder_2):
+        if m is not None:
+            m.requires_grad_(False).to(device)
     c.unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
                                   target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
     params = [p for p in c.unet.parameters() if p.requires_grad]
@@ -57,8 +89,6 @@ def run_baseline(model_dir: Path, batch: int, args) -> dict:
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     g = torch.Generator(device).manual_seed(0)
     pixels = torch.rand(batch, 3, args.resolution, args.resolution, device=device, generator=g) * 2 - 1
-    ids = c.tokenizer(["a photo"] * batch, padding="max_length", max_length=77, return_tensors="pt").input_ids
-    ids = ids.to(device)
     times = []
     torch.cuda.reset_peak_memory_stats()
     for _ in range(args.warmup + args.steps):
@@ -67,8 +97,8 @@ def run_baseline(model_dir: Path, batch: int, args) -> dict:
             noise = torch.randn_like(latents)
             t = torch.randint(0, 1000, (batch,), device=device)
             noisy = c.noise_scheduler.add_noise(latents, noise, t)
-            text = c.text_encoder(ids)[0]
-            pred = c.unet(noisy, t, text).sample
+            text, extra = text_conditioning(c, batch, args.resolution, device)  # the text encoders every step
+            pred = c.unet(noisy, t, text, **extra).sample
             loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -84,7 +114,7 @@ def run_baseline(model_dir: Path, batch: int, args) -> dict:
 
 
 def flops_per_sample(model_dir: Path, args) -> float:
-    """Forward + backward FLOPs of one 512 px sample through the UNet with only LoRA trainable."""
+    """Forward + backward FLOPs of one sample at the bench resolution through the UNet with only LoRA trainable."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from sdlora.config import NetworkConfig
@@ -94,11 +124,14 @@ def flops_per_sample(model_dir: Path, args) -> float:
     c = load_components(str(model_dir), dtype=torch.bfloat16)
     add_lora(c.unet, NetworkConfig(rank=args.rank), seed=0)
     unet = c.unet.cuda()
-    side = args.resolution // 8
+    for m in (c.text_encoder, c.text_encoder_2):
+        if m is not None:
+            m.cuda()
+    side = args.resolution // c.vae_scale_factor
     latents = torch.randn(1, 4, side, side, device="cuda", dtype=torch.bfloat16)
-    text = torch.randn(1, 77, unet.config.cross_attention_dim, device="cuda", dtype=torch.bfloat16)
+    text, extra = text_conditioning(c, 1, args.resolution, torch.device("cuda"))
     with FlopCounterMode(display=False) as counter, torch.autocast("cuda", dtype=torch.bfloat16):
-        unet(latents, torch.tensor([500], device="cuda"), text).sample.float().pow(2).mean().backward()
+        unet(latents, torch.tensor([500], device="cuda"), text, **extra).sample.float().pow(2).mean().backward()
     del unet, c
     torch.cuda.empty_cache()
     return float(counter.get_total_flops())
@@ -219,7 +252,9 @@ def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--arch", default="sd15", choices=list(ARCH_RESOLUTION),
+                        help="sd15 (512 px), sdxl (SDXL base, 1024 px) or sdxl-tiny (a CPU check of the SDXL path)")
+    parser.add_argument("--resolution", type=int, default=None, help="default: the architecture's own")
     parser.add_argument("--steps", type=int, default=30, help="timed steps")
     parser.add_argument("--warmup", type=int, default=10, help="a multiple of 10 (see run_one)")
     parser.add_argument("--rank", type=int, default=16)
@@ -240,9 +275,7 @@ def main() -> None:
                         help="batch sizes of the baseline loop (default: those of --batch)")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
     args = parser.parse_args()
-
-    from sdlora.models.architectures import random_sd15_pipeline
-    from sdlora.models.tiny import save_pipeline_folder
+    args.resolution = args.resolution or ARCH_RESOLUTION[args.arch]
 
     import diffusers
     import transformers
@@ -250,13 +283,13 @@ def main() -> None:
     baseline_rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        save_pipeline_folder(random_sd15_pipeline(), tmp / "sd15", fp16=True)
+        model_dir = build_model(args.arch, tmp / args.arch)
         data_dir = make_images(tmp / "data", args.images, args.resolution)
-        rows = [run_one(tmp / "sd15", data_dir, tmp / "out", b, args) for b in args.batch]
+        rows = [run_one(model_dir, data_dir, tmp / "out", b, args) for b in args.batch]
         # After the timed runs, so a batch size timed above starts with its compile cache warm.
-        first_steps = [time_to_first_step(tmp / "sd15", data_dir, tmp / "first", b, args) for b in args.first_step]
+        first_steps = [time_to_first_step(model_dir, data_dir, tmp / "first", b, args) for b in args.first_step]
         if args.baseline:
-            base = {b: run_baseline(tmp / "sd15", b, args) for b in args.baseline_batch or args.batch}
+            base = {b: run_baseline(model_dir, b, args) for b in args.baseline_batch or args.batch}
             baseline_rows = list(base.values())
             for r in rows:
                 if r["batch"] not in base:
@@ -265,12 +298,12 @@ def main() -> None:
                 r["baseline_peak_gpu_mem_gib"] = base[r["batch"]]["peak_gpu_mem_gib"]
                 r["speedup_vs_baseline"] = round(r["samples_per_s"] / base[r["batch"]]["samples_per_s"], 2)
         if torch.cuda.is_available():
-            flops = flops_per_sample(tmp / "sd15", args)
+            flops = flops_per_sample(model_dir, args)
             peak = matmul_tflops()
             for r in rows:
                 r["fraction_of_bf16_matmul_rate"] = round(r["samples_per_s"] * flops / (peak * 1e12), 3)
     result = {
-        "bench": "train_speed", "arch": "sd15", "resolution": args.resolution, "rank": args.rank,
+        "bench": "train_speed", "arch": args.arch, "resolution": args.resolution, "rank": args.rank,
         "precision": args.precision, "optimizer": args.optimizer, "cache": args.cache,
         "gradient_checkpointing": args.gradient_checkpointing, "compile": args.compile,
         "channels_last": args.channels_last, "cuda_graphs": args.cuda_graphs, "timed_steps": args.steps,

@@ -43,7 +43,9 @@ def test_every_unet_and_clip_module_name_survives_kohya_flattening(pipe):
         "text_encoder_2.text_model.encoder.layers.5.mlp.fc2"
     assert kohya_stem_to_name("lora_te_encoder_layers_0_self_attn_q_proj") == \
         "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"
-    assert kohya_stem_to_name("lora_unet_input_blocks_1_1_proj_in") is None
+    # kohya's SDXL block names (SGM layout) read as the diffusers module they are
+    assert kohya_stem_to_name("lora_unet_input_blocks_1_1_proj_in") == "unet.down_blocks.0.attentions.0.proj_in"
+    assert kohya_stem_to_name("lora_unet_input_blocks_1_1_proj_inx") is None
 
 
 @pytest.mark.parametrize("first,second", [("kohya", "diffusers"), ("diffusers", "kohya")])

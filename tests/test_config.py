@@ -69,7 +69,7 @@ def test_every_option_is_documented():
     assert all(help_text for _, help_text, _ in rows)
 
 
-@pytest.mark.parametrize("preset", ["demo", "style", "character"])
+@pytest.mark.parametrize("preset", ["demo", "style", "character", "sdxl"])
 def test_shipped_presets_are_valid(preset):
     from pathlib import Path
 

@@ -55,11 +55,12 @@ class FakeEncoder:
 
     def __init__(self, vae_scale: float = 1.0):
         self.vae, self.text_encoder, self.tokenizer = CountingVae(vae_scale), CountingTextEncoder(), FakeTokenizer()
+        self.text_encoder_2 = self.tokenizer_2 = None
         self.device, self.dtype, self.shift, self.scaling = torch.device("cpu"), torch.float32, 0.5, 0.25
 
-    def text_embeddings(self, captions):
+    def text_features(self, captions):
         self.text_encoder.captions += len(captions)
-        return torch.stack([torch.full((4, 8), float(len(c))) for c in captions])
+        return {"text_embeddings": torch.stack([torch.full((4, 8), float(len(c))) for c in captions])}
 
 
 @pytest.fixture
@@ -177,4 +178,4 @@ def test_tiny_model_cache_matches_the_training_path_and_skips_the_vae(tmp_path, 
     assert torch.allclose(cached[key]["text_embeddings"], expected_text, atol=1e-6)
     components.vae.encode = components.text_encoder.forward = None  # calling either now fails
     latents, text = encoder(collate([cached[key], cached[SampleKey(0, False, 4)]]), None)
-    assert latents.shape == (2, 4, 16, 16) and text.shape[0] == 2
+    assert latents.shape == (2, 4, 16, 16) and text.text_embeddings.shape[0] == 2

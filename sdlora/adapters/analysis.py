@@ -80,6 +80,8 @@ def base_family(adapter: Adapter) -> tuple[str, str]:
         return BASE_MODEL_VERSIONS[version], "metadata ss_base_model_version"
     if meta.get("ss_v2") == "True":
         return "sd2", "metadata ss_v2"
+    if adapter.family == "sdxl":
+        return "sdxl", "SDXL key names (input_blocks/output_blocks, te1/te2)"
     if any(name.startswith("text_encoder_2.") for name in adapter.layers):
         return "sdxl", "second text encoder layers"
     for name, layer in adapter.layers.items():

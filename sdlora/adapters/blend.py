@@ -75,7 +75,7 @@ def parse_lora_spec(spec: str) -> tuple[str, float]:
 
 
 class AdapterBlender:
-    """Holds one StableDiffusionPipeline and the adapters loaded into it; `set_weights` then `generate`.
+    """Holds one StableDiffusion(XL)Pipeline and the adapters loaded into it; `set_weights` then `generate`.
 
     >>> blender = AdapterBlender(pipe)
     >>> blender.set_weights({"style.safetensors": 0.8, "subject.safetensors": 1.0})
@@ -97,6 +97,7 @@ class AdapterBlender:
             if cached:
                 return cached
         found = read_adapter_file(path)  # checks the file and says what it is when it is not a SD LoRA
+        self._check_family(found)
         sha = file_sha256(found.path)
         if sha in self.adapters:
             return self.adapters[sha]
@@ -107,6 +108,17 @@ class AdapterBlender:
         self.adapters[sha] = loaded
         self._apply()  # a freshly loaded adapter is active in diffusers until told otherwise
         return loaded
+
+    def _check_family(self, found) -> None:
+        """An SDXL adapter on an SD 1.x/2.x pipeline (or the reverse) would fail deep in diffusers on shapes."""
+        from sdlora.adapters.analysis import base_family
+
+        family, source = base_family(found.adapter)
+        pipe_is_xl = getattr(self.pipe, "text_encoder_2", None) is not None
+        if family in ("sd1", "sd2", "sdxl") and (family == "sdxl") != pipe_is_xl:
+            model = "an SDXL" if pipe_is_xl else "an SD 1.x/2.x"
+            raise SdloraError(f"{found.path}: this LoRA is for {family} (from {source}) but the model is {model} "
+                              f"model; use it with a model of its family")
 
     def set_weights(self, weights: dict[str | Path, float]) -> None:
         """Weight of each adapter file (loading it if needed); adapters not named are switched off."""

@@ -7,6 +7,10 @@ Kohya flattens a module path by replacing every '.' with '_', which loses inform
 `to_out.0` or `to_out_0`?). We restore the dots with a rule: a flattened name is split into the known attribute
 names of diffusers' UNet2DConditionModel and transformers' CLIPTextModel (longest match first) and indices.
 A name that does not split into known parts is reported as unknown rather than guessed.
+
+SDXL files name their UNet modules by the original SGM layout (`lora_unet_input_blocks_4_1_...`, see
+`sdlora.adapters.sgm`) and their text encoders `lora_te1_`/`lora_te2_`; they are read into, and written from, the
+same diffusers names as every other adapter.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import re
 
 import torch
 
+from sdlora.adapters import sgm
 from sdlora.adapters.state import LoraLayer
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -48,6 +53,9 @@ def _atom_table(atoms: set[str]) -> list[list[str]]:
 
 
 _UNET_TABLE = _atom_table(UNET_ATOMS)
+_SGM_TABLE = _atom_table(UNET_ATOMS | sgm.SGM_ATOMS)
+SGM_KOHYA_PREFIXES = tuple(f"lora_unet_{block}_" for block in ("input_blocks", "middle_block", "output_blocks",
+                                                                 "time_embed", "label_emb", "out"))
 _CLIP_TABLE = _atom_table(CLIP_ATOMS)
 
 
@@ -83,6 +91,9 @@ def kohya_stem_to_name(stem: str) -> str | None:
             flat = stem[len(prefix):]
             if component == "unet":
                 path = _split_flat(flat, _UNET_TABLE)
+                if path is None and stem.startswith(SGM_KOHYA_PREFIXES):  # SDXL's original block names
+                    sgm_path = _split_flat(flat, _SGM_TABLE)
+                    path = sgm.from_sgm(sgm_path) if sgm_path else None
             else:
                 path = _split_flat(flat, _CLIP_TABLE)
                 path = clip_model_path(path) if path else None
@@ -91,10 +102,16 @@ def kohya_stem_to_name(stem: str) -> str | None:
 
 
 def name_to_kohya_stem(name: str, sdxl: bool = False) -> str:
-    """`unet.mid_block.attentions.0.proj_in` -> `lora_unet_mid_block_attentions_0_proj_in`."""
+    """`unet.mid_block.attentions.0.proj_in` -> `lora_unet_mid_block_attentions_0_proj_in`; with `sdxl`, UNet
+    modules take their SGM names (`lora_unet_middle_block_1_proj_in`), as kohya's SDXL files do."""
     component, path = name.split(".", 1)
     if component == "unet":
         prefix = "lora_unet_"
+        if sdxl:
+            original = sgm.to_sgm(path)
+            if original is None:
+                raise ValueError(f"layer {name!r}: no SDXL (SGM) module name for it")
+            path = original
     elif component == "text_encoder":
         prefix = "lora_te1_" if sdxl else "lora_te_"
         path = clip_model_path(path)
@@ -117,8 +134,13 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return tensor.detach().to("cpu", dtype or tensor.dtype).contiguous().clone()
 
 
-def to_kohya(layers: dict[str, LoraLayer], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    sdxl = any(name.startswith("text_encoder_2.") for name in layers)
+def kohya_is_sdxl(state: dict[str, torch.Tensor]) -> bool:
+    """Whether kohya keys are SDXL's: SGM UNet block names or the two text encoders' te1/te2 prefixes."""
+    return any(key.startswith(SGM_KOHYA_PREFIXES + ("lora_te1_", "lora_te2_")) for key in state)
+
+
+def to_kohya(layers: dict[str, LoraLayer], dtype: torch.dtype | None, sdxl: bool = False) -> dict[str, torch.Tensor]:
+    sdxl = sdxl or any(name.startswith("text_encoder_2.") for name in layers)
     state = {}
     for name, layer in layers.items():
         stem = name_to_kohya_stem(name, sdxl)

@@ -54,7 +54,7 @@ def save_adapter(adapter: Adapter, path: Path | str, fmt: str = "kohya", dtype: 
     metadata = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in adapter.metadata.items()}
     metadata.pop(PEFT_METADATA_KEY, None)  # stale from a diffusers file; a kohya file must not carry it
     if fmt == "kohya":
-        state = formats.to_kohya(adapter.layers, torch_dtype)
+        state = formats.to_kohya(adapter.layers, torch_dtype, sdxl=adapter.is_sdxl)
     else:
         state, config = formats.to_peft(adapter.layers, torch_dtype)
         metadata[PEFT_METADATA_KEY] = json.dumps(config, indent=2, sort_keys=True)
@@ -82,8 +82,10 @@ def read_adapter_file(path: Path | str) -> AdapterFile:
     state, metadata = _read_safetensors(path)
     _refuse_non_lora(path, state)
     fmt = detect_format(state)
+    family = None
     if fmt == "kohya":
         layers, skipped = formats.from_kohya(state)
+        family = "sdxl" if formats.kohya_is_sdxl(state) else None
     else:
         config = metadata.pop(PEFT_METADATA_KEY, None)
         try:
@@ -94,10 +96,10 @@ def read_adapter_file(path: Path | str) -> AdapterFile:
         layers, skipped = formats.from_peft(state, peft_config)
     if not layers:
         raise SdloraError(f"{path}: no LoRA layer for a Stable Diffusion UNet or text encoder found among its "
-                          f"{len(state)} tensors (e.g. {next(iter(state))}); this is not an SD 1.x/2.x LoRA")
+                          f"{len(state)} tensors (e.g. {next(iter(state))}); this is not an SD 1.x/2.x/XL LoRA")
     _check_shapes(path, layers)
     dtypes = {str(t.dtype).removeprefix("torch.") for key, t in state.items() if key not in skipped}
-    return AdapterFile(Adapter(layers, metadata), fmt, path, dtypes, skipped)
+    return AdapterFile(Adapter(layers, metadata, family), fmt, path, dtypes, skipped)
 
 
 def detect_format(state: dict[str, torch.Tensor]) -> str:
@@ -143,8 +145,6 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 FOREIGN = [
     (("double_blocks", "single_blocks", "single_transformer_blocks", "x_embedder"), "Flux"),
     (("joint_blocks", "context_embedder"), "Stable Diffusion 3"),
-    (("lora_unet_input_blocks_", "lora_unet_output_blocks_", "lora_unet_middle_block_"),
-     "SDXL (kohya block names input_blocks/output_blocks)"),
     (("transformer.", "lora_transformer_"), "a diffusion-transformer model (Flux/SD3/PixArt style)"),
 ]
 FULL_CHECKPOINT = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")
@@ -165,7 +165,7 @@ def _refuse_non_lora(path: Path, state: dict[str, torch.Tensor]) -> None:
         raise SdloraError(f"{path}: this is {what}; give a LoRA adapter file")
     for fragments, family in FOREIGN:
         if any(fragment in key for key in lora_keys for fragment in fragments):
-            raise SdloraError(f"{path}: this is a LoRA for {family}, not for Stable Diffusion 1.x/2.x; sdlora "
+            raise SdloraError(f"{path}: this is a LoRA for {family}, not for Stable Diffusion 1.x/2.x/XL; sdlora "
                               f"cannot use it with an SD model")
 
 

@@ -55,6 +55,14 @@ class Adapter:
 
     layers: dict[str, LoraLayer] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    family: str | None = None  # "sdxl" when the file's key names said so (decides kohya's UNet naming)
+
+    @property
+    def is_sdxl(self) -> bool:
+        """An SDXL adapter: read from SDXL key names, trained on SDXL (kohya's metadata), or with a second
+        text encoder."""
+        return (self.family == "sdxl" or self.metadata.get("ss_base_model_version", "").startswith("sdxl")
+                or any(name.startswith("text_encoder_2.") for name in self.layers))
 
     @property
     def ranks(self) -> set[int]:

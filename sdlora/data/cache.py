@@ -3,8 +3,9 @@
 Keys are content hashes, not names or dates:
 - a latent: sha256 of the image file's bytes, the VAE's identity (a hash of its weights and dtype), the
   training size, resize, crop and flip, and `RECIPE` (bump it when decoding or resizing changes pixels);
-- a text embedding: the text encoder's and tokenizer's identity, the output dtype, and the caption string
-  after trigger and augmentation.
+- a text embedding: the text encoder's and tokenizer's identity (SDXL: both encoders and tokenizers), the
+  output dtype, and the caption string after trigger and augmentation. An SDXL entry also holds the pooled
+  embedding of its second encoder; SD 1.x/2.x keys are unchanged by that.
 So an edited image or caption, another model or another size is simply a miss, and is encoded again.
 
 What is stored for a latent is the VAE posterior N(mean, std²) before scaling; each sample draws from it with
@@ -110,8 +111,10 @@ class FeatureCache:
         self.mode = mode
         self.shift, self.scaling = float(encoder.shift), float(encoder.scaling)
         self.vae_id = module_identity(encoder.vae)
-        self.text_id = sha256_text(f"{module_identity(encoder.text_encoder)}|"
-                                   f"{tokenizer_identity(encoder.tokenizer)}|{encoder.dtype}")
+        text_id = f"{module_identity(encoder.text_encoder)}|{tokenizer_identity(encoder.tokenizer)}|{encoder.dtype}"
+        if encoder.text_encoder_2 is not None:  # SDXL: the second encoder shapes both stored tensors
+            text_id += f"|{module_identity(encoder.text_encoder_2)}|{tokenizer_identity(encoder.tokenizer_2)}"
+        self.text_id = sha256_text(text_id)
         root = root or cache_dir()
         disk = mode == "disk"
         self.latent_store = FeatureStore(root / "latents" / self.vae_id[:16] if disk else None)
@@ -165,9 +168,9 @@ class FeatureCache:
                 missing.append(caption)
         for i in range(0, len(missing), TEXT_BATCH):
             chunk = missing[i:i + TEXT_BATCH]
-            embeddings = encoder.text_embeddings(chunk)
-            for caption, emb in zip(chunk, embeddings):
-                self.text_store.put(self.text_keys[caption], {"text_embeddings": emb})
+            features = encoder.text_features(chunk)  # "text_embeddings" (+ "pooled_text_embeddings" for SDXL)
+            for j, caption in enumerate(chunk):
+                self.text_store.put(self.text_keys[caption], {name: t[j] for name, t in features.items()})
             stats.texts_encoded += len(chunk)
         self._encoder = None
         stats.seconds = time.perf_counter() - start
@@ -197,6 +200,7 @@ class FeatureCache:
         # The same scaling as the VAE path: (sample - shift) * scaling (Rombach et al. 2022, sec. 4.3.2).
         return (stored["mean"] + stored["std"] * noise - self.shift) * self.scaling
 
-    def text_embeddings(self, caption: str) -> torch.Tensor | None:
+    def text_features(self, caption: str) -> dict[str, torch.Tensor] | None:
+        """The cached text tensors of `caption` by name (what `BatchEncoder.text_features` gave), or None."""
         key = self.text_keys.get(caption)
-        return None if key is None else self.text_store.get(key)["text_embeddings"]
+        return None if key is None else self.text_store.get(key)

@@ -75,9 +75,9 @@ class TrainDataset(torch.utils.data.Dataset):
         else:
             image = load_cropped(entry.path, resized, crop_top_left, entry.bucket, key.flip)
             item["pixel_values"] = to_tensor(image)
-        embeddings = self.cache.text_embeddings(caption) if self.cache is not None else None
-        if embeddings is not None:
-            item["text_embeddings"] = embeddings
+        text = self.cache.text_features(caption) if self.cache is not None else None
+        if text is not None:
+            item.update(text)  # text_embeddings (and SDXL's pooled_text_embeddings)
         top, left = crop_top_left
         if key.flip:  # SDXL's crop conditioning describes the image it saw: the mirrored one
             left = resized[1] - left - entry.bucket[1]

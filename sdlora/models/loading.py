@@ -34,6 +34,7 @@ def _quiet_libraries() -> None:
 _quiet_libraries()
 
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SDXL_SUBFOLDERS = SD_SUBFOLDERS + ("text_encoder_2", "tokenizer_2")
 
 
 @dataclass
@@ -47,6 +48,10 @@ class Components:
     text_encoder: Any
     tokenizer: Any
     noise_scheduler: Any  # DDPMScheduler with the model's training schedule
+    # SDXL's second text encoder (OpenCLIP ViT-bigG, a CLIPTextModelWithProjection) and its tokenizer; None for
+    # SD 1.x/2.x.
+    text_encoder_2: Any = None
+    tokenizer_2: Any = None
 
     @property
     def prediction_type(self) -> str:
@@ -90,13 +95,14 @@ def resolve_model(ref: str, *, family: str = "auto", allow_pickle: bool = False,
     if not index.is_file():
         raise SdloraError(f"model '{ref}': {index} is missing; this is not a diffusers-format model folder")
     try:
-        json.loads(index.read_text(encoding="utf-8"))
+        components = json.loads(index.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise SdloraError(f"model '{ref}': {index} is not valid JSON ({exc})") from None
-    missing = [sub for sub in SD_SUBFOLDERS if not (path / sub).is_dir()]
+    wanted = SDXL_SUBFOLDERS if "text_encoder_2" in components else SD_SUBFOLDERS
+    missing = [sub for sub in wanted if not (path / sub).is_dir()]
     if missing:
         raise SdloraError(f"model '{ref}': subfolder(s) {', '.join(missing)} missing; a Stable Diffusion folder "
-                          f"has {', '.join(SD_SUBFOLDERS)}")
+                          f"has {', '.join(wanted)}")
     return path
 
 
@@ -117,18 +123,20 @@ def _load(cls: Any, path: Path, sub: str, **kwargs: Any) -> Any:
 
 def load_components(ref: str, *, dtype: torch.dtype = torch.float32, family: str = "auto",
                     allow_pickle: bool = False, vae: str | None = None) -> Components:
-    """Load the UNet, VAE, text encoder, tokenizer and training noise schedule of `ref` (on the CPU).
+    """Load the UNet, VAE, text encoder(s), tokenizer(s) and training noise schedule of `ref` (on the CPU).
 
     `family` is the config's model_family: it can force the family and the prediction type (e.g. sd2-v).
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     path = resolve_model(ref, family=family, allow_pickle=allow_pickle, vae=vae)
     family, prediction = detect_family(path, family)
     scheduler_kwargs = {"prediction_type": prediction} if prediction else {}
+    second = {}
     if family == "sdxl":
-        raise SdloraError(f"model '{ref}': SDXL models are not supported yet; use an SD 1.x or 2.x model")
+        second = dict(text_encoder_2=_load(CLIPTextModelWithProjection, path, "text_encoder_2", dtype=dtype),
+                      tokenizer_2=_load(CLIPTokenizer, path, "tokenizer_2"))
     return Components(
         path=path,
         family=family,
@@ -137,21 +145,26 @@ def load_components(ref: str, *, dtype: torch.dtype = torch.float32, family: str
         text_encoder=_load(CLIPTextModel, path, "text_encoder", dtype=dtype),
         tokenizer=_load(CLIPTokenizer, path, "tokenizer"),
         noise_scheduler=_load(DDPMScheduler, path, "scheduler", **scheduler_kwargs),
+        **second,
     )
 
 
 def load_pipeline(ref: str, *, dtype: torch.dtype = torch.float32, family: str = "auto",
                   allow_pickle: bool = False, vae: str | None = None):
-    """The whole StableDiffusionPipeline of `ref`, for sampling and previews."""
-    from diffusers import StableDiffusionPipeline
+    """The whole pipeline of `ref` (StableDiffusionPipeline, or StableDiffusionXLPipeline for SDXL), for
+    sampling and previews."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     path = resolve_model(ref, family=family, allow_pickle=allow_pickle, vae=vae)
+    detected, prediction = detect_family(path, family)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype,
-                                                       safety_checker=None, requires_safety_checker=False)
+        if detected == "sdxl":
+            pipe = StableDiffusionXLPipeline.from_pretrained(path, local_files_only=True, dtype=dtype)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype,
+                                                           safety_checker=None, requires_safety_checker=False)
     except (OSError, ValueError) as exc:
         raise SdloraError(f"model '{ref}': cannot load the pipeline ({str(exc).splitlines()[0]})") from None
-    _, prediction = detect_family(path, family)
     if prediction:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction)
     pipe.set_progress_bar_config(disable=True)

@@ -170,3 +170,5 @@ def save_pipeline_folder(pipeline, dest: Path, *, fp16: bool = False) -> None:
             # Newer transformers save only tokenizer.json; add the vocab.json/merges.txt that 4.x's slow
             # CLIPTokenizer needs, so the folder loads with every transformers version the project allows.
             write_tokenizer(tmp / "tokenizer")
+            if getattr(pipeline, "tokenizer_2", None) is not None:  # an SDXL pipeline built with the same vocabulary
+                write_tokenizer(tmp / "tokenizer_2")

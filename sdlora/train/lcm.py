@@ -21,7 +21,8 @@ One step (Algorithm 1 of [LCM], with the LoRA-LCM choices of [LoRA] and the diff
   ẑ_{t_n} = α_n·x̂_0 + σ_n·ε̂                                           (one DDIM step, the ODE solver Ψ)
   target = f_θ⁻(ẑ_{t_n}, t_n)  with θ⁻ = θ: the student itself without gradient (no EMA copy for LoRA)
   loss   = mean over pixels of sqrt((f_θ(z_{t_{n+k}}, t_{n+k}) - target)² + c²) - c
-No guidance-scale embedding: SD's UNet has no time_cond_proj, and LCM-LoRA is trained without one.
+No guidance-scale embedding: SD's UNet has no time_cond_proj, and LCM-LoRA is trained without one. For SDXL the
+unconditional branch keeps the sample's size/crop ids and takes the empty caption's pooled embedding too.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from sdlora.errors import SdloraError
+from sdlora.train.encode import Conditioning, as_conditioning
 
 SIGMA_DATA = 0.5  # [CM] appendix C; LCMScheduler uses the same constant
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -125,7 +127,7 @@ def adapter_disabled(unet):
 
 
 class LcmObjective:
-    """mode: lcm. Called as objective(unet, latents, text_embeddings, generator) -> per-sample loss [batch]."""
+    """mode: lcm. Called as objective(unet, latents, cond, generator) -> per-sample loss [batch]."""
 
     def __init__(self, config, components, encoder):
         lcm = config.lcm
@@ -146,7 +148,8 @@ class LcmObjective:
         self.alpha = alphas_cumprod.sqrt().float()  # α_t = sqrt(ᾱ_t)
         self.sigma = (1.0 - alphas_cumprod).sqrt().float()  # σ_t = sqrt(1 - ᾱ_t)
         # ∅ of classifier-free guidance: the empty caption's embedding, computed once.
-        self.uncond_embeddings = encoder.text_embeddings([""])
+        self.uncond_features = encoder.text_features([""])
+        self.uncond_embeddings = self.uncond_features["text_embeddings"]
 
     # -------------------------------------------------------------------------------------- draws
     def draw(self, latents: torch.Tensor, generator: torch.Generator) -> LcmDraw:
@@ -163,16 +166,17 @@ class LcmObjective:
         return per_sample(table.to(t.device)[t], like)
 
     # -------------------------------------------------------------------------------------- the pieces
-    def consistency_function(self, unet, z: torch.Tensor, t: torch.Tensor, text_embeddings: torch.Tensor,
+    def consistency_function(self, unet, z: torch.Tensor, t: torch.Tensor, cond: Conditioning | torch.Tensor,
                              input_dtype: torch.dtype) -> torch.Tensor:
         """f_θ(z, t) = c_skip(t)·z + c_out(t)·x̂_0(z, t)  ([LCM] sec. 4.2; [CM] sec. 3), in fp32."""
-        output = unet(z.to(input_dtype), t, text_embeddings).sample.float()
+        cond = as_conditioning(cond)
+        output = unet(z.to(input_dtype), t, cond.text_embeddings, **cond.unet_kwargs()).sample.float()
         x0, _ = x0_and_eps(output, z, self._at(self.alpha, t, z), self._at(self.sigma, t, z), self.prediction_type)
         c_skip, c_out = boundary_scalings(t, self.lcm.timestep_scaling)
         return per_sample(c_skip, z) * z + per_sample(c_out, z) * x0
 
     @torch.no_grad()
-    def teacher_solver_step(self, unet, z: torch.Tensor, draw: LcmDraw, text_embeddings: torch.Tensor,
+    def teacher_solver_step(self, unet, z: torch.Tensor, draw: LcmDraw, cond: Conditioning | torch.Tensor,
                             input_dtype: torch.dtype) -> torch.Tensor:
         """ẑ_{t_n}: one DDIM step of the guided PF-ODE from z_{t_{n+k}} by the base model (LoRA off).
 
@@ -180,32 +184,35 @@ class LcmObjective:
         ([LCM] sec. 4.3's ω); lcm.w_min/w_max = 3/15 is [LCM]'s ω ∈ [2, 14]. CFG on the raw output equals CFG on
         x̂_0 and ε̂ separately (both are affine in the output with the same z), so v-models need nothing more.
         """
-        batch = z.shape[0]
-        uncond = self.uncond_embeddings.to(text_embeddings.device, text_embeddings.dtype)
-        uncond = uncond.expand(batch, *text_embeddings.shape[1:])
+        cond = as_conditioning(cond)
+        like = cond.text_embeddings
+        pooled = self.uncond_features.get("pooled_text_embeddings")
+        uncond = Conditioning(self.uncond_embeddings, pooled).to(like.device, like.dtype).repeat(z.shape[0])
+        uncond.time_ids = cond.time_ids
+        both = Conditioning.cat([uncond, cond])
         with adapter_disabled(unet) as base:
             both = base(torch.cat([z, z]).to(input_dtype), torch.cat([draw.t_start, draw.t_start]),
-                        torch.cat([uncond, text_embeddings])).sample.float()
+                        both.text_embeddings, **both.unet_kwargs()).sample.float()
         out_uncond, out_cond = both.chunk(2)
         guided = out_uncond + per_sample(draw.guidance.float(), z) * (out_cond - out_uncond)
         x0, eps = x0_and_eps(guided, z, self._at(self.alpha, draw.t_start, z), self._at(self.sigma, draw.t_start, z),
                              self.prediction_type)
         return ddim_step(x0, eps, self._at(self.alpha, draw.t_prev, z), self._at(self.sigma, draw.t_prev, z))
 
-    def target(self, unet, latents: torch.Tensor, text_embeddings: torch.Tensor,
+    def target(self, unet, latents: torch.Tensor, cond: Conditioning | torch.Tensor,
                draw: LcmDraw) -> tuple[torch.Tensor, torch.Tensor]:
         """(z_{t_{n+k}}, f_θ⁻(ẑ_{t_n}, t_n)): the noisy input and the consistency target, no gradient."""
         x0 = latents.float()
         z = self._at(self.alpha, draw.t_start, x0) * x0 + self._at(self.sigma, draw.t_start, x0) * draw.noise
-        z_prev = self.teacher_solver_step(unet, z, draw, text_embeddings, latents.dtype)
+        z_prev = self.teacher_solver_step(unet, z, draw, cond, latents.dtype)
         with torch.no_grad():
             # θ⁻ = θ ([LoRA] sec. 2 / the recipe): the student itself, no EMA copy.
-            target = self.consistency_function(unwrap(unet), z_prev, draw.t_prev, text_embeddings, latents.dtype)
+            target = self.consistency_function(unwrap(unet), z_prev, draw.t_prev, cond, latents.dtype)
         return z, target
 
-    def __call__(self, unet, latents: torch.Tensor, text_embeddings: torch.Tensor,
+    def __call__(self, unet, latents: torch.Tensor, cond: Conditioning | torch.Tensor,
                  generator: torch.Generator) -> torch.Tensor:
         draw = self.draw(latents, generator)
-        z, target = self.target(unet, latents, text_embeddings, draw)
-        prediction = self.consistency_function(unet, z, draw.t_start, text_embeddings, latents.dtype)
+        z, target = self.target(unet, latents, cond, draw)
+        prediction = self.consistency_function(unet, z, draw.t_start, cond, latents.dtype)
         return pseudo_huber(prediction, target, self.lcm.huber_c)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from sdlora.config import TrainConfig
+from sdlora.train.encode import Conditioning, as_conditioning
 
 
 def sample_noise_and_timesteps(latents: torch.Tensor, num_train_timesteps: int, train: TrainConfig,
@@ -31,10 +32,12 @@ def snr(noise_scheduler, timesteps: torch.Tensor) -> torch.Tensor:
     return alphas_cumprod / (1.0 - alphas_cumprod)
 
 
-def denoising_loss(unet, noise_scheduler, latents: torch.Tensor, text_embeddings: torch.Tensor,
+def denoising_loss(unet, noise_scheduler, latents: torch.Tensor, cond: Conditioning | torch.Tensor,
                    train: TrainConfig, generator: torch.Generator,
                    unet_kwargs: dict | None = None) -> torch.Tensor:
-    """Per-sample loss, shape [batch], in fp32."""
+    """Per-sample loss, shape [batch], in fp32. `cond`: a `Conditioning` (SDXL adds pooled text and size/crop
+    ids to the UNet call), or SD 1.x/2.x text embeddings alone."""
+    cond = as_conditioning(cond)
     noise, timesteps = sample_noise_and_timesteps(latents, noise_scheduler.config.num_train_timesteps, train,
                                                   generator)
     noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
@@ -45,7 +48,8 @@ def denoising_loss(unet, noise_scheduler, latents: torch.Tensor, text_embeddings
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         raise ValueError(f"unsupported prediction_type {prediction_type!r} in the model's scheduler config")
-    model_pred = unet(noisy_latents, timesteps, text_embeddings, **(unet_kwargs or {})).sample
+    model_pred = unet(noisy_latents, timesteps, cond.text_embeddings, **cond.unet_kwargs(),
+                      **(unet_kwargs or {})).sample
     loss = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if train.min_snr_gamma:
         snr_t = snr(noise_scheduler, timesteps)
@@ -57,14 +61,14 @@ def denoising_loss(unet, noise_scheduler, latents: torch.Tensor, text_embeddings
 
 
 class DenoisingObjective:
-    """mode: standard. Called as objective(unet, latents, text_embeddings, generator) -> per-sample loss."""
+    """mode: standard. Called as objective(unet, latents, cond, generator) -> per-sample loss."""
 
     def __init__(self, noise_scheduler, train: TrainConfig):
         self.noise_scheduler, self.train = noise_scheduler, train
 
-    def __call__(self, unet, latents: torch.Tensor, text_embeddings: torch.Tensor,
+    def __call__(self, unet, latents: torch.Tensor, cond: Conditioning | torch.Tensor,
                  generator: torch.Generator) -> torch.Tensor:
-        return denoising_loss(unet, self.noise_scheduler, latents, text_embeddings, self.train, generator)
+        return denoising_loss(unet, self.noise_scheduler, latents, cond, self.train, generator)
 
 
 def make_objective(config, components, encoder):

@@ -134,8 +134,12 @@ class Trainer:
         # Frozen parts live in the training precision: no fp32 copies of the base weights.
         self.components = load_components(cfg.model, dtype=self.dtype, **cfg.model_options)
         c = self.components
-        for module in (c.vae, c.text_encoder):
-            module.requires_grad_(False).eval().to(self.device)
+        for module in (c.vae, c.text_encoder, c.text_encoder_2):
+            if module is not None:  # text_encoder_2: SDXL only
+                module.requires_grad_(False).eval().to(self.device)
+        if self.dtype == torch.float16 and getattr(c.vae.config, "force_upcast", False):
+            # SDXL's VAE overflows in fp16 (its config says force_upcast): it encodes in fp32, as diffusers does.
+            c.vae.to(torch.float32)
         largest = max(cfg.data.bucket_max, cfg.data.resolution) if cfg.data.buckets else cfg.data.resolution
         set_vae_memory(c.vae, cfg.data.vae_tiling, largest)
         self.target_modules = add_lora(c.unet, cfg.network, seed=cfg.train.seed)
@@ -288,9 +292,9 @@ class Trainer:
             for _ in range(accum):
                 batch = next(batches)
                 mark_step_begin(self.cuda_graphs)
-                latents, text_embeddings = self.encoder(batch, generator)
+                latents, cond = self.encoder(batch, generator)
                 with self.accelerator.autocast():
-                    per_sample = self.objective(self.step_unet, latents, text_embeddings, generator)
+                    per_sample = self.objective(self.step_unet, latents, cond, generator)
                 loss = (per_sample * batch["loss_weight"].to(self.device, non_blocking=True)).mean() / accum
                 self.accelerator.backward(loss)
                 step_loss += loss.detach()
