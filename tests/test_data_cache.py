@@ -56,6 +56,7 @@ class FakeEncoder:
     def __init__(self, vae_scale: float = 1.0):
         self.vae, self.text_encoder, self.tokenizer = CountingVae(vae_scale), CountingTextEncoder(), FakeTokenizer()
         self.device, self.dtype, self.shift, self.scaling = torch.device("cpu"), torch.float32, 0.5, 0.25
+        self.trains_text = False
 
     def text_embeddings(self, captions):
         self.text_encoder.captions += len(captions)

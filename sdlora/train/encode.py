@@ -1,7 +1,8 @@
 """Turn a data batch into what the UNet consumes: VAE latents and text-encoder hidden states.
 
 When the data pipeline has cached them (items carry "latents" / "text_embeddings"), they pass straight through,
-so training never runs the VAE encoder or the text encoder.
+so training never runs the VAE encoder or the text encoder. While the text encoder trains its own LoRA
+(`trains_text`), every caption runs through it with gradients, so the loss reaches its LoRA weights.
 """
 
 from __future__ import annotations
@@ -36,15 +37,20 @@ class BatchEncoder:
         self.shift = components.latent_shift
         self.device = device
         self.dtype = dtype
+        self.trains_text = False  # set by the trainer when the text encoder carries a trained LoRA
 
     def tokenize(self, captions: list[str]) -> torch.Tensor:
         return self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
                               truncation=True, return_tensors="pt").input_ids
 
-    @torch.no_grad()
-    def text_embeddings(self, captions: list[str]) -> torch.Tensor:
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """Text-encoder hidden states, with gradients where they are enabled."""
         ids = self.tokenize(captions).to(self.device)
         return self.text_encoder(ids)[0].to(self.dtype)
+
+    @torch.no_grad()
+    def text_embeddings(self, captions: list[str]) -> torch.Tensor:
+        return self.encode_text(captions)
 
     @torch.no_grad()
     def latents(self, pixel_values: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -58,7 +64,9 @@ class BatchEncoder:
             latents = batch["latents"].to(self.device, non_blocking=True).to(self.dtype)
         else:
             latents = self.latents(batch["pixel_values"], generator)
-        if "text_embeddings" in batch:
+        if self.trains_text:
+            text_embeddings = self.encode_text(batch["caption"])
+        elif "text_embeddings" in batch:
             text_embeddings = batch["text_embeddings"].to(self.device, non_blocking=True).to(self.dtype)
         else:
             text_embeddings = self.text_embeddings(batch["caption"])

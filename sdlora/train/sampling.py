@@ -26,8 +26,10 @@ def sample_images(components, unet, sample: SampleConfig, resolution: int, folde
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     size = sample.size or resolution
-    was_training = unet.training
-    unet.eval()  # no LoRA dropout in samples
+    # No LoRA dropout in samples; the text encoder is the live one, with its LoRA when network.text_encoder is on.
+    modes = {module: module.training for module in (unet, components.text_encoder)}
+    for module in modes:
+        module.eval()
     paths = []
     try:
         for i, prompt in enumerate(sample.prompts):
@@ -42,6 +44,7 @@ def sample_images(components, unet, sample: SampleConfig, resolution: int, folde
             paths.append(path)
         (folder / "prompts.txt").write_text("\n".join(sample.prompts) + "\n", encoding="utf-8")
     finally:
-        unet.train(was_training)
+        for module, training in modes.items():
+            module.train(training)
     return paths
 
