@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_shape_folder
 from safetensors.torch import load_file
 
 from sdlora.config import config_from_dict
@@ -48,10 +49,12 @@ def unet_output(unet) -> torch.Tensor:
         return unet(latents, torch.tensor([50, 700]), text).sample
 
 
-@pytest.fixture
-def trained(shapes_dir, tmp_path):
-    """A 4-step run with the text-encoder LoRA on, its text-encoder calls recorded."""
-    config = make_config(shapes_dir, tmp_path / "out", text_encoder_lr=5e-3)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 4-step run with the text-encoder LoRA on, its text-encoder calls recorded (shared by the tests that only
+    read it: one training instead of three)."""
+    root = tmp_path_factory.mktemp("te")
+    config = make_config(make_shape_folder(root / "shapes"), root / "out", text_encoder_lr=5e-3)
     trainer = Trainer(config, new_run(config), EventBus())
     trainer.setup()
     te = trainer.components.text_encoder
@@ -76,6 +79,7 @@ def test_text_encoder_lora_trains_with_its_own_lr_and_bypasses_the_text_cache(tr
     te = trainer.components.text_encoder.eval()
     after = text_output(te, trainer.components.tokenizer)
     change = rel(after, before)
+    print(f'text encoder output change {change:.3g}')
     assert change > 1e-3, change  # the text encoder's output for a caption moved
     assert any(p.abs().max() > 0 for n, p in trainer.unet.named_parameters() if "lora_B" in n)  # UNet LoRA too
 
@@ -123,6 +127,8 @@ def test_adapter_with_text_encoder_loads_in_diffusers_and_reproduces_both(traine
         base_text = text_output(pipe.text_encoder, pipe.tokenizer)
         pipe.load_lora_weights(str(path))
         got_text = text_output(pipe.text_encoder, pipe.tokenizer)
+        print(f'{path.name}: text rel {rel(got_text, expected_text):.3g}, base text rel '
+              f'{rel(base_text, expected_text):.3g}, unet rel {rel(unet_output(pipe.unet), expected_unet):.3g}')
         assert rel(got_text, expected_text) < 1e-4, (path, rel(got_text, expected_text))
         assert rel(base_text, expected_text) > 1e-3  # the adapter really changes the text encoder
         assert rel(unet_output(pipe.unet), expected_unet) < 1e-4
@@ -181,3 +187,24 @@ def test_refused_for_sdxl_and_lcm(shapes_dir, tmp_path, monkeypatch):
     config = make_config(shapes_dir, tmp_path / "out")
     with pytest.raises(SdloraError, match="not supported for SDXL yet"):
         Trainer(config, new_run(config), EventBus()).setup()
+
+
+def test_samples_during_training_use_the_trained_text_encoder(trained, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    trainer, _, _, _ = trained
+    trainer.config.sample.prompts = [CAPTION]
+    trainer.config.sample.steps = 2
+    te = trainer.components.text_encoder.train()
+    trainer.sample(99)
+    with_lora = np.asarray(Image.open(trainer.paths.samples / "step-000099" / "00.png"), dtype=np.float32)
+    assert te.training  # sampling put the text encoder back in train mode
+    te.disable_adapters()
+    try:
+        trainer.sample(100)
+    finally:
+        te.enable_adapters()
+    without = np.asarray(Image.open(trainer.paths.samples / "step-000100" / "00.png"), dtype=np.float32)
+    print(f'sample pixel difference {np.abs(with_lora - without).mean():.3g}')
+    assert np.abs(with_lora - without).mean() > 0.5  # pixel levels: the text encoder's LoRA shapes the sample
