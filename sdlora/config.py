@@ -64,6 +64,8 @@ class NetworkConfig:
     dropout: float = opt(0.0, min=0.0, max=0.9, help="dropout on the LoRA path during training")
     targets: list[str] = opt(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
                              help="UNet module name suffixes that get a LoRA")
+    text_encoder: bool = opt(False, help="also train a LoRA on the text encoder (its attention q/k/v/out_proj and "
+                                         "MLP fc1/fc2, as kohya does; lr: train.text_encoder_lr); SD 1.x/2.x only")
 
     @property
     def effective_alpha(self) -> float:
@@ -76,6 +78,8 @@ class TrainConfig:
     batch_size: int = opt(1, min=1, max=4096, help="images per micro-batch")
     gradient_accumulation: int = opt(1, min=1, max=1024, help="micro-batches per optimizer step")
     lr: float = opt(1e-4, min=0.0, max=1.0, help="peak learning rate")
+    text_encoder_lr: Optional[float] = opt(None, min=0.0, max=1.0, help="peak learning rate of the text-encoder "
+                                                                       "LoRA (network.text_encoder; default: lr)")
     optimizer: Literal["adamw", "adamw8bit"] = opt("adamw", help="adamw, or adamw8bit (bitsandbytes, GPU)")
     weight_decay: float = opt(1e-2, min=0.0, max=10.0, help="AdamW weight decay")
     adam_beta1: float = opt(0.9, min=0.0, max=1.0, help="AdamW beta1")
@@ -100,6 +104,10 @@ class TrainConfig:
     report_every: int = opt(0, min=0, max=10000,
                             help="steps between loss read-backs (0: every step on the CPU, every 10 on a GPU, so "
                                  "the GPU never waits for the host)")
+
+    @property
+    def effective_text_encoder_lr(self) -> float:
+        return self.lr if self.text_encoder_lr is None else self.text_encoder_lr
 
 
 @dataclass
@@ -265,6 +273,9 @@ def _cross_checks(cfg: Config) -> None:
         raise SdloraError(f"name: {cfg.name!r} must be a plain folder name (no slashes)")
     if not cfg.network.targets:
         raise SdloraError("network.targets: name at least one module, e.g. [to_q, to_k, to_v, to_out.0]")
+    if cfg.network.text_encoder and cfg.mode == "lcm":
+        raise SdloraError("network.text_encoder: LCM-LoRA distillation trains the UNet only (its teacher uses the "
+                          "base text encoder); set network.text_encoder false or mode standard")
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:

@@ -57,6 +57,7 @@ class FakeEncoder:
         self.vae, self.text_encoder, self.tokenizer = CountingVae(vae_scale), CountingTextEncoder(), FakeTokenizer()
         self.text_encoder_2 = self.tokenizer_2 = None
         self.device, self.dtype, self.shift, self.scaling = torch.device("cpu"), torch.float32, 0.5, 0.25
+        self.trains_text = False
 
     def text_features(self, captions):
         self.text_encoder.captions += len(captions)

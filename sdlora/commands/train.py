@@ -143,7 +143,7 @@ def dry_run(config: Config) -> int:
     from sdlora.train.trainer import collect_warnings
     from sdlora.events import ConsoleReporter, EventBus
     from sdlora.models import load_components
-    from sdlora.network import add_lora, count_parameters
+    from sdlora.network import TEXT_ENCODER_TARGETS, add_lora, add_text_encoder_lora, count_parameters
     from sdlora.train.trainer import pick_device
 
     print("# resolved config")
@@ -156,6 +156,9 @@ def dry_run(config: Config) -> int:
     components = load_components(config.model, **config.model_options)
     modules = add_lora(components.unet, config.network, seed=config.train.seed)
     trainable, total = count_parameters(components.unet)
+    te_modules = (add_text_encoder_lora(components.text_encoder, config.network, seed=config.train.seed)
+                  if config.network.text_encoder else [])
+    te_trainable, _ = count_parameters(components.text_encoder)
     train = config.train
     per_step = train.batch_size * train.gradient_accumulation
     batches = len(dataset.epoch_batches(0, train.batch_size, train.seed))  # bucket tails counted
@@ -165,6 +168,9 @@ def dry_run(config: Config) -> int:
     print(f"  LoRA rank {config.network.rank}, alpha {config.network.effective_alpha} on {len(modules)} modules "
           f"({', '.join(config.network.targets)})")
     print(f"  trainable parameters: {trainable:,} ({100 * trainable / total:.2f}% of the UNet's {total:,})")
+    if te_modules:
+        print(f"  text encoder: LoRA on {len(te_modules)} modules ({', '.join(TEXT_ENCODER_TARGETS)}), "
+              f"{te_trainable:,} parameters, lr {train.effective_text_encoder_lr}")
     print("# plan")
     print(f"  model: {config.model} ({components.family}, {components.prediction_type} prediction)")
     print(f"  {train.steps} steps x {per_step} samples = {train.steps * per_step} samples, "

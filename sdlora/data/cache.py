@@ -13,7 +13,8 @@ its own key's seed, so cached training keeps the VAE's sampling noise and stays 
 and flip is cached: while latents are cached, random crops are replaced by the center crop (with a warning),
 and with data.flip both orientations are encoded. Text: the captions that can occur are cached (the caption with
 trigger, and "" under caption dropout); with shuffle_tags or tag_dropout the variants are too many to list, so
-those captions reach the text encoder during training as before.
+those captions reach the text encoder during training as before. While the text encoder trains
+(network.text_encoder, `encoder.trains_text`), its output changes every step: no text is cached, latents still are.
 
 disk: `<user cache>/latents/<vae id>/` and `<user cache>/text/<text encoder id>/`, one safetensors file per
 entry, written atomically; shared by all runs on the machine, so a second run starts at once. The user cache is
@@ -158,7 +159,8 @@ class FeatureCache:
                     progress(stats.latents_encoded, total)
         self.has_latents = True
 
-        captions = list(dict.fromkeys(c for e in dataset.records for c in fixed_captions(e.caption, config)))
+        captions = [] if encoder.trains_text else \
+            list(dict.fromkeys(c for e in dataset.records for c in fixed_captions(e.caption, config)))
         missing = []
         for caption in captions:
             self.text_keys[caption] = self.text_key(caption)

@@ -1,7 +1,8 @@
 """Turn a data batch into what the UNet consumes: VAE latents and the text conditioning.
 
 When the data pipeline has cached them (items carry "latents" / "text_embeddings"), they pass straight through,
-so training never runs the VAE encoder or the text encoder.
+so training never runs the VAE encoder or the text encoder. While the text encoder trains its own LoRA
+(`trains_text`), every caption runs through it with gradients, so the loss reaches its LoRA weights.
 
 SD 1.x/2.x condition the UNet on one text encoder's last hidden states. SDXL (Podell et al. 2023, sec. 2.1-2.2)
 conditions it on the penultimate hidden states of two encoders side by side (768 + 1280 = 2048 channels), on the
@@ -94,6 +95,7 @@ class BatchEncoder:
         self.shift = components.latent_shift
         self.device = device
         self.dtype = dtype
+        self.trains_text = False  # set by the trainer when the text encoder carries a trained LoRA
 
     @property
     def is_sdxl(self) -> bool:
@@ -107,9 +109,9 @@ class BatchEncoder:
     def tokenize(self, captions: list[str]) -> torch.Tensor:
         return self._ids(self.tokenizer, captions)
 
-    @torch.no_grad()
-    def text_features(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        """What the cache stores per caption: "text_embeddings", and for SDXL "pooled_text_embeddings"."""
+    def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """What the cache stores per caption: "text_embeddings", and for SDXL "pooled_text_embeddings"; with
+        gradients where they are enabled (a training text encoder)."""
         if not self.is_sdxl:
             ids = self.tokenize(captions).to(self.device)
             return {"text_embeddings": self.text_encoder(ids)[0].to(self.dtype)}
@@ -120,6 +122,10 @@ class BatchEncoder:
         # `text_embeds` of CLIPTextModelWithProjection: the EOS token's state, projected (the "pooled" vector).
         return {"text_embeddings": torch.cat(hidden, dim=-1).to(self.dtype),
                 "pooled_text_embeddings": out.text_embeds.to(self.dtype)}
+
+    @torch.no_grad()
+    def text_features(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        return self.encode_text(captions)
 
     def text_embeddings(self, captions: list[str]) -> torch.Tensor:
         return self.text_features(captions)["text_embeddings"]
@@ -143,7 +149,9 @@ class BatchEncoder:
         else:
             latents = self.latents(batch["pixel_values"], generator)
         names = ("text_embeddings", "pooled_text_embeddings") if self.is_sdxl else ("text_embeddings",)
-        if all(name in batch for name in names):
+        if self.trains_text:
+            features = self.encode_text(batch["caption"])
+        elif all(name in batch for name in names):
             features = {name: batch[name].to(self.device, non_blocking=True).to(self.dtype) for name in names}
         else:
             features = self.text_features(batch["caption"])

@@ -8,7 +8,9 @@ from sdlora.config import TrainConfig
 from sdlora.errors import SdloraError
 
 
-def make_optimizer(params: list[torch.nn.Parameter], train: TrainConfig, device: torch.device):
+def make_optimizer(params: list[torch.nn.Parameter] | list[dict], train: TrainConfig, device: torch.device):
+    """AdamW over `params`: a list of parameters, or of param groups (a group may set its own "lr", e.g. the
+    text encoder's; the others get train.lr)."""
     kwargs = dict(lr=train.lr, betas=(train.adam_beta1, train.adam_beta2), eps=train.adam_epsilon,
                   weight_decay=train.weight_decay)
     if train.optimizer == "adamw8bit":

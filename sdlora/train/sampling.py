@@ -36,8 +36,10 @@ def sample_images(components, unet, sample: SampleConfig, resolution: int, folde
     size = sample.size or resolution
     # SDXL's VAE overflows in fp16 (force_upcast): under fp16 autocast it would decode to NaN (black samples).
     fp32_decode = dtype == torch.float16 and getattr(components.vae.config, "force_upcast", False)
-    was_training = unet.training
-    unet.eval()  # no LoRA dropout in samples
+    # No LoRA dropout in samples; the text encoder is the live one, with its LoRA when network.text_encoder is on.
+    modes = {module: module.training for module in (unet, components.text_encoder)}
+    for module in modes:
+        module.eval()
     paths = []
     try:
         for i, prompt in enumerate(sample.prompts):
@@ -53,7 +55,8 @@ def sample_images(components, unet, sample: SampleConfig, resolution: int, folde
             paths.append(path)
         (folder / "prompts.txt").write_text("\n".join(sample.prompts) + "\n", encoding="utf-8")
     finally:
-        unet.train(was_training)
+        for module, training in modes.items():
+            module.train(training)
     return paths
 
 

@@ -21,7 +21,8 @@ from sdlora.config import Config
 from sdlora.data import SampleKey, TrainDataset, build_dataset, collate
 from sdlora.errors import SdloraError
 from sdlora.events import EventBus
-from sdlora.network import add_lora, count_parameters, extract_adapter, load_into, lora_parameters
+from sdlora.network import (add_lora, add_text_encoder_lora, count_parameters, extract_adapter, load_into,
+                             lora_parameters)
 from sdlora.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from sdlora.train.compiled import compile_step_model, mark_step_begin, use_compile, use_cuda_graphs
 from sdlora.train.distributed import GradientSync, any_process, is_distributed, mean_across_processes
@@ -90,6 +91,15 @@ class MicroBatchPlan:
             index = (epoch + 1) * self.per_epoch
 
 
+def text_encoders(components) -> dict[str, torch.nn.Module]:
+    """The model's text encoders by component name: "text_encoder", and SDXL's "text_encoder_2" when loaded."""
+    encoders = {"text_encoder": components.text_encoder}
+    second = getattr(components, "text_encoder_2", None)  # a field of SDXL-capable Components only
+    if second is not None:
+        encoders["text_encoder_2"] = second
+    return encoders
+
+
 def collect_warnings(events: EventBus):
     """Route `warnings.warn` from the library (e.g. a missing caption) into `warning` events."""
     @contextlib.contextmanager
@@ -146,8 +156,22 @@ class Trainer:
         if cfg.train.gradient_checkpointing:
             c.unet.enable_gradient_checkpointing()
         c.unet.to(self.device).train()
-        self.params = lora_parameters(c.unet)
-        self.optimizer = make_optimizer(self.params, cfg.train, self.device)
+        # network.text_encoder: a LoRA on each text encoder, trained in train mode (LoRA dropout as in the UNet).
+        self.text_encoders = {}
+        if cfg.network.text_encoder:
+            if c.family == "sdxl":
+                raise SdloraError("network.text_encoder: not supported for SDXL yet; set it false")
+            self.text_encoders = text_encoders(c)
+            for module in self.text_encoders.values():
+                self.target_modules += add_text_encoder_lora(module, cfg.network, seed=cfg.train.seed)
+                module.to(self.device).train()
+        # One list of all trainable parameters, UNet first: what clipping and GradientSync's flat buffer cover.
+        groups = [{"params": lora_parameters(c.unet)}]
+        if self.text_encoders:
+            groups.append({"params": [p for m in self.text_encoders.values() for p in lora_parameters(m)],
+                           "lr": cfg.train.effective_text_encoder_lr})
+        self.params = [p for group in groups for p in group["params"]]
+        self.optimizer = make_optimizer(groups, cfg.train, self.device)
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg.train)
         if cfg.train.channels_last and self.device.type == "cuda":
             c.unet.to(memory_format=torch.channels_last)
@@ -166,13 +190,15 @@ class Trainer:
         self.is_main = self.accelerator.is_main_process
         self.rank = self.accelerator.process_index
         self.encoder = BatchEncoder(c, self.device, self.dtype)
+        # A training text encoder changes every step: its output is computed with gradients, never cached.
+        self.encoder.trains_text = bool(self.text_encoders)
         with collect_warnings(self.events), self.accelerator.main_process_first():
             # Checks caption lengths; with data.cache on, encodes what the cache lacks, so batches then carry
             # latents and text embeddings and the VAE/text encoder never run in the loop. (Rank 0 fills a disk
             # cache first; the other ranks then find it full.)
             self.cache_stats = self.dataset.attach_encoder(self.encoder)
         self.objective = make_objective(cfg, c, self.encoder)
-        self.trainable, self.total_params = count_parameters(c.unet)
+        self.trainable, self.total_params = count_parameters(c.unet, *self.text_encoders.values())
 
     def metadata(self, steps_done: int) -> dict[str, str]:
         return adapter_metadata(self.config, family=self.components.family,
@@ -187,14 +213,15 @@ class Trainer:
         if not self.is_main:  # rank 0 owns the run folder; every rank holds the same LoRA weights
             return path
 
-        adapter = extract_adapter(self.accelerator.unwrap_model(self.unet), self.metadata(steps_done))
+        adapter = extract_adapter(self.accelerator.unwrap_model(self.unet), self.metadata(steps_done),
+                                  self.text_encoders)
         save_adapter(adapter, path, fmt=self.config.save.format, dtype=self.config.save.dtype)
         return path
 
     def save_checkpoint(self, step: int, bad_steps: int) -> Path | None:
         if not self.is_main:
             return None
-        adapter = extract_adapter(self.accelerator.unwrap_model(self.unet))
+        adapter = extract_adapter(self.accelerator.unwrap_model(self.unet), text_encoders=self.text_encoders)
         name = f"{self.config.name}.safetensors"
         path = save_checkpoint(self.paths.checkpoints, step, adapter, self.optimizer, self.lr_scheduler, bad_steps,
                                extra_files={name: lambda p: self.save_adapter(p, step)},
@@ -242,7 +269,7 @@ class Trainer:
                 raise SdloraError(f"{self.paths.root}: no complete checkpoint to resume from")
             latest = checkpoints[-1]
             load_into(self.accelerator.unwrap_model(self.unet),
-                      load_checkpoint(latest, self.optimizer, self.lr_scheduler))
+                      load_checkpoint(latest, self.optimizer, self.lr_scheduler), self.text_encoders)
             start_step, bad_steps = latest.step, latest.bad_steps
             if start_step >= train.steps:
                 raise SdloraError(f"{self.paths.root}: already trained {start_step} of {train.steps} steps; "
@@ -292,7 +319,9 @@ class Trainer:
             for _ in range(accum):
                 batch = next(batches)
                 mark_step_begin(self.cuda_graphs)
-                latents, cond = self.encoder(batch, generator)
+                # A training text encoder runs under the same autocast as the UNet; a frozen one as before.
+                with self.accelerator.autocast() if self.text_encoders else contextlib.nullcontext():
+                    latents, cond = self.encoder(batch, generator)
                 with self.accelerator.autocast():
                     per_sample = self.objective(self.step_unet, latents, cond, generator)
                 loss = (per_sample * batch["loss_weight"].to(self.device, non_blocking=True)).mean() / accum
