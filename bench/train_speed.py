@@ -285,12 +285,20 @@ def main() -> None:
         tmp = Path(tmp)
         model_dir = build_model(args.arch, tmp / args.arch)
         data_dir = make_images(tmp / "data", args.images, args.resolution)
-        rows = [run_one(model_dir, data_dir, tmp / "out", b, args) for b in args.batch]
+        base = {}
+        if args.baseline:  # first: quick, and its figures print before a long compile could time out
+            for b in args.baseline_batch or args.batch:
+                base[b] = run_baseline(model_dir, b, args)
+                print(json.dumps(base[b]), flush=True)
+            baseline_rows = list(base.values())
+            torch.cuda.empty_cache()
+        rows = []
+        for b in args.batch:
+            rows.append(run_one(model_dir, data_dir, tmp / "out", b, args))
+            print(json.dumps(rows[-1]), flush=True)
         # After the timed runs, so a batch size timed above starts with its compile cache warm.
         first_steps = [time_to_first_step(model_dir, data_dir, tmp / "first", b, args) for b in args.first_step]
-        if args.baseline:
-            base = {b: run_baseline(model_dir, b, args) for b in args.baseline_batch or args.batch}
-            baseline_rows = list(base.values())
+        if base:
             for r in rows:
                 if r["batch"] not in base:
                     continue
