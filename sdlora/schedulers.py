@@ -22,10 +22,11 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def make_scheduler(name: str, base_scheduler_config: Any):
+def make_scheduler(name: str, base_scheduler_config: Any, options: dict[str, Any] | None = None):
     """A diffusers scheduler named `name` (ddim, euler, euler_a, dpmpp_2m, lcm) on the base model's schedule.
 
-    `base_scheduler_config` is the model's scheduler config (`pipe.scheduler.config` or a dict).
+    `base_scheduler_config` is the model's scheduler config (`pipe.scheduler.config` or a dict); `options` are
+    settings of the scheduler class itself (e.g. an LCM adapter's `original_inference_steps`).
     """
     import diffusers
 
@@ -36,4 +37,5 @@ def make_scheduler(name: str, base_scheduler_config: Any):
     # Keys of the model's own scheduler class that mean something else (or nothing) to the new one are dropped
     # by from_config; the settings that define the sampler win over the base config.
     config.update(settings)
+    config.update(options or {})
     return getattr(diffusers, class_name).from_config(config)

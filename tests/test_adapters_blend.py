@@ -28,7 +28,8 @@ def files(tmp_path_factory):
     style = make_adapter(pipe, UNET, TEXT, rank=4, alpha=2.0, seed=1)
     subject = make_adapter(pipe, ("to_k", "to_v", "ff.net.0.proj"), rank=2, alpha=4.0, seed=2, vary=True,
                            metadata={"sdlora_mode": "lcm", "sdlora_lcm_scheduler": "lcm", "sdlora_lcm_steps": "3",
-                                     "sdlora_lcm_guidance": "1.5"})
+                                     "sdlora_lcm_guidance": "1.5", "sdlora_lcm_original_steps": "25",
+                                     "sdlora_lcm_timestep_scaling": "10.0"})
     return {"style": (style, save_adapter(style, folder / "style.safetensors", fmt="kohya")),
             "subject": (subject, save_adapter(subject, folder / "subject.safetensors", fmt="diffusers"))}
 
@@ -84,6 +85,10 @@ def test_an_lcm_adapter_supplies_scheduler_steps_and_guidance(files):
     blender.generate("a cat", seed=0)
     assert type(blender.pipe.scheduler).__name__ == "LCMScheduler"
     assert len(blender.pipe.scheduler.timesteps) == 3
+    # Its few timesteps come from the 25-step solver schedule it was distilled on (t = 39, 79, ..., 999),
+    # not LCMScheduler's default of 50 (t = 19, 39, ...).
+    assert blender.pipe.scheduler.config.original_inference_steps == 25
+    assert all((int(t) + 1) % 40 == 0 for t in blender.pipe.scheduler.timesteps), blender.pipe.scheduler.timesteps
 
 
 def test_merged_model_gives_the_image_of_the_live_blend(files, tmp_path):

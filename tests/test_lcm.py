@@ -254,4 +254,51 @@ def test_short_distillation_makes_4_step_lcm_sampling_follow_the_50_step_teacher
 
 STEPS = 30
 TEACHER_GUIDANCE = 6.0
-MARGIN = 0.25  # measured gap: see the comment in the doc; half of it
+# Measured with the pretrained tiny model (2-core CPU, torch 2.13): latent MSE to the teacher LCM-LoRA 4 steps
+# 0.198, DDIM 4 steps 0.596, i.e. 67% lower; the assertion asks for 25% lower.
+MARGIN = 0.25
+
+
+# ------------------------------------------------------------------------------------------ it is used as meant
+
+
+def test_an_lcm_run_marks_its_adapter_and_generate_samples_it_in_4_lcm_steps_by_itself(shapes_dir, tmp_path):
+    """The adapter file of a `mode: lcm` run says how to sample it; `sdlora generate` follows that with no
+    --scheduler, --steps or --guidance (the same image as when they are given by hand), also blended with a
+    standard adapter."""
+    import numpy as np
+    from PIL import Image
+    from safetensors import safe_open
+
+    from sdlora.adapters import AdapterBlender
+    from sdlora.cli import main
+    from sdlora.events import EventBus
+    from sdlora.models import load_pipeline
+    from sdlora.train.rundir import new_run
+    from sdlora.train.trainer import Trainer
+
+    runs = {}
+    for mode in ("lcm", "standard"):
+        config = config_from_dict({"name": mode, "model": "tiny", "mode": mode,
+                                   "data": {"dir": str(shapes_dir), "resolution": 64},
+                                   "network": {"rank": 4}, "train": {"steps": 2, "batch_size": 2, "lr": 1e-2},
+                                   "lcm": {"num_ddim_timesteps": 25}, "save": {"output_dir": str(tmp_path)}})
+        trainer = Trainer(config, new_run(config), EventBus())
+        trainer.setup()
+        runs[mode] = trainer.run().adapter_path
+    with safe_open(str(runs["lcm"]), "pt") as fh:
+        meta = fh.metadata()
+    assert meta["sdlora_mode"] == "lcm" and meta["sdlora_lcm_scheduler"] == "lcm"
+    assert meta["sdlora_lcm_steps"] == "4" and 1.0 <= float(meta["sdlora_lcm_guidance"]) <= 2.0
+    assert meta["sdlora_lcm_original_steps"] == "25" and meta["sdlora_lcm_timestep_scaling"] == "10.0"
+
+    out = tmp_path / "auto.png"
+    assert main(["generate", "--model", "tiny", "--lora", str(runs["lcm"]), "--lora", f"{runs['standard']}:0.8",
+                 "--prompt", "a red circle", "--seed", "5", "--out", str(out)]) == 0
+    blender = AdapterBlender(load_pipeline("tiny"))
+    blender.set_weights({runs["lcm"]: 1.0, runs["standard"]: 0.8})
+    by_hand = blender.generate("a red circle", seed=5, scheduler="lcm", steps=4, guidance=1.5)
+    scheduler = blender.pipe.scheduler
+    assert type(scheduler).__name__ == "LCMScheduler" and scheduler.config.original_inference_steps == 25
+    assert [int(t) for t in scheduler.timesteps] == [999, 759, 519, 279]  # 4 of the 25-step solver schedule
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(by_hand))

@@ -52,6 +52,7 @@ def test_tiny_ships_as_fp16_diffusers_folder_under_20_mb():
 
 def test_colour_prompts_give_that_colour(images):
     rates = evaluate.follow_rates(COLOUR_CASES, images["colour"], len(COLOUR_SEEDS))
+    print(f"colour prompts: {rates}")
     # Measured: colour 0.90, shape 0.60 (chance 0.11), background 1.00.
     assert rates["colour"] >= 0.8, rates
     assert rates["shape"] >= 0.35, rates
@@ -60,6 +61,7 @@ def test_colour_prompts_give_that_colour(images):
 
 def test_background_prompts_give_that_background(images):
     rates = evaluate.follow_rates(BACKGROUND_CASES, images["background"], 1)
+    print(f"background prompts: {rates}")
     # Measured: background 1.00, colour 0.75.
     assert rates["background"] >= 0.85, rates
     assert rates["colour"] >= 0.6, rates
@@ -68,4 +70,5 @@ def test_background_prompts_give_that_background(images):
 def test_trigger_word_alone_draws_no_ring(images):
     """The demo concept is new to the base model: before a LoRA, "sks" gives no rings."""
     rates = evaluate.follow_rates([TRIGGER_CASE], images["trigger"], len(TRIGGER_SEEDS))
+    print(f"trigger prompt: {rates}")
     assert rates["ring"] <= 0.25 and rates["background"] >= 0.75, rates

@@ -43,6 +43,7 @@ class SamplingDefaults:
     scheduler: str | None  # None: the pipeline's own scheduler
     steps: int
     guidance: float
+    scheduler_options: dict[str, Any] = field(default_factory=dict)  # e.g. the LCM solver schedule
 
 
 def file_sha256(path: Path) -> str:
@@ -149,12 +150,17 @@ class AdapterBlender:
             if adapter.is_lcm:
                 meta = adapter.metadata
                 try:
+                    options = {}  # absent in files from before these fields: LCMScheduler's defaults (50, 10)
+                    if "sdlora_lcm_original_steps" in meta:
+                        options["original_inference_steps"] = int(meta["sdlora_lcm_original_steps"])
+                    if "sdlora_lcm_timestep_scaling" in meta:
+                        options["timestep_scaling"] = float(meta["sdlora_lcm_timestep_scaling"])
                     return SamplingDefaults(meta.get("sdlora_lcm_scheduler", "lcm"),
                                             int(meta.get("sdlora_lcm_steps", 4)),
-                                            float(meta.get("sdlora_lcm_guidance", 1.0)))
+                                            float(meta.get("sdlora_lcm_guidance", 1.0)), options)
                 except ValueError:
-                    raise SdloraError(f"{adapter.path}: its sdlora_lcm_steps/sdlora_lcm_guidance metadata is not a "
-                                      f"number; fix the metadata or give --steps and --guidance") from None
+                    raise SdloraError(f"{adapter.path}: its sdlora_lcm_* metadata (steps, guidance, solver schedule) "
+                                      f"is not a number; fix the metadata or give --steps and --guidance") from None
         return SamplingDefaults(None, DEFAULT_STEPS, DEFAULT_GUIDANCE)
 
     def generate(self, prompt: str, *, negative: str | None = None, steps: int | None = None,
@@ -163,7 +169,9 @@ class AdapterBlender:
         """One image (PIL) with the current weights; unset options come from `defaults()`."""
         defaults = self.defaults()
         scheduler = scheduler or defaults.scheduler
-        self.pipe.scheduler = (make_scheduler(scheduler, self._base_scheduler.config) if scheduler
+        # The adapter's own scheduler settings apply when its scheduler is used, chosen by hand or not.
+        options = defaults.scheduler_options if scheduler == defaults.scheduler else None
+        self.pipe.scheduler = (make_scheduler(scheduler, self._base_scheduler.config, options) if scheduler
                                else self._base_scheduler)
         generator = torch.Generator("cpu").manual_seed(seed)
         with torch.no_grad():

@@ -51,5 +51,9 @@ def adapter_metadata(config: Config, *, family: str, prediction_type: str, num_i
     }
     if config.mode == "lcm":
         # What an LCM adapter wants at inference (LCM-LoRA, Luo et al. 2023, sec. 4): few steps, low guidance.
-        meta.update({"sdlora_lcm_scheduler": "lcm", "sdlora_lcm_steps": "4", "sdlora_lcm_guidance": "1.5"})
+        meta.update({"sdlora_lcm_scheduler": "lcm", "sdlora_lcm_steps": "4", "sdlora_lcm_guidance": "1.5",
+                     # The LCMScheduler must pick its few timesteps from the solver schedule the adapter was
+                     # distilled on, and use the same boundary-condition scaling.
+                     "sdlora_lcm_original_steps": str(config.lcm.num_ddim_timesteps),
+                     "sdlora_lcm_timestep_scaling": str(config.lcm.timestep_scaling)})
     return meta
