@@ -11,6 +11,11 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread, for this process and the CLIs and app servers the tests start: on a 2-core machine that is
+# busy with anything else, two OpenMP threads spin-wait on each other and the tiny model's small ops get up to
+# ~100x slower (a browser test then times out); idle, one thread costs ~10% on this suite (measured 62 s vs 57 s
+# on test_sdxl + test_trainer).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def make_shape_folder(folder: Path, count: int = 8, size: tuple[int, int] = (64, 64), seed: int = 0) -> Path:
