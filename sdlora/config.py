@@ -59,7 +59,7 @@ class DataConfig:
 
 @dataclass
 class NetworkConfig:
-    rank: int = opt(16, min=1, max=1024, help="LoRA rank r")
+    rank: int = opt(16, min=1, max=1024, help="LoRA rank r (default 16; 64 in mode lcm)")
     alpha: Optional[float] = opt(None, min=0.0, max=100000.0, help="LoRA alpha; output scaled by alpha/rank (default: rank)")
     dropout: float = opt(0.0, min=0.0, max=0.9, help="dropout on the LoRA path during training")
     targets: list[str] = opt(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
@@ -278,9 +278,16 @@ def _cross_checks(cfg: Config) -> None:
                           "base text encoder); set network.text_encoder false or mode standard")
 
 
+LCM_DEFAULT_RANK = 64
+
+
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Validate a nested dict (a parsed preset with overrides applied) into a `Config`."""
     cfg = _build(Config, raw, "")
+    network_raw = raw.get("network") if isinstance(raw.get("network"), dict) else {}
+    if cfg.mode == "lcm" and "rank" not in network_raw:
+        # LCM-LoRA distils a whole sampler, not a concept: its default rank is the paper's 64 (arXiv 2311.05556).
+        cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, rank=LCM_DEFAULT_RANK))
     _cross_checks(cfg)
     return cfg
 

@@ -76,3 +76,10 @@ def test_shipped_presets_are_valid(preset):
     path = Path(__file__).parent.parent / "presets" / f"{preset}.yaml"
     cfg = load_config(path)
     assert cfg.name == preset
+
+
+def test_lcm_mode_defaults_to_rank_64_unless_the_preset_sets_one():
+    assert config_from_dict({"mode": "lcm"}).network.rank == 64
+    assert config_from_dict({"mode": "lcm"}).network.effective_alpha == 64  # alpha follows the rank
+    assert config_from_dict({"mode": "lcm", "network": {"rank": 16}}).network.rank == 16
+    assert config_from_dict({}).network.rank == 16
