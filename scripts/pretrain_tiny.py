@@ -168,6 +168,21 @@ def sample_grid(pipe, prompts: list[str], seeds: list[int], path: Path, steps: i
 # ---------------------------------------------------------------------------------------------- stages
 
 
+def optimizer_step(loss, optimizer, params, running: list, curve: list, step: int, every: int) -> float | None:
+    """One clipped optimizer step; every `every` steps, the mean loss of the window (one host sync), else None."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    running.append(loss.detach())
+    if step % every:
+        return None
+    value = torch.stack(running).mean().item()
+    running.clear()
+    curve.append((step, value))
+    return value
+
+
 def train_vae(vae, images: torch.Tensor, args, device, autocast, curve: list) -> int:
     """Reconstruction (L1 + MSE, sharp edges) + 1e-5 x KL per latent element (keeps the latent space smooth)."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0, betas=(0.9, 0.99),
@@ -185,16 +200,9 @@ def train_vae(vae, images: torch.Tensor, args, device, autocast, curve: list) ->
             reconstruction = vae.decode(posterior.sample(generator=generator)).sample.float()
         kl = posterior.kl().mean() / posterior.mean[0].numel()
         loss = F.l1_loss(reconstruction, pixels) + F.mse_loss(reconstruction, pixels) + 1e-5 * kl
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
         step += 1
-        running.append(loss.detach())
-        if step % 50 == 0:
-            value = torch.stack(running).mean().item()
-            running.clear()
-            curve.append((step, value))
+        value = optimizer_step(loss, optimizer, list(vae.parameters()), running, curve, step, every=50)
+        if value is not None:
             log(f"vae step {step}: loss {value:.4f} (kl {kl.item():.2f}), "
                 f"{step * args.vae_batch / (time.perf_counter() - begin):.0f} img/s")
     vae.eval()
@@ -242,16 +250,9 @@ def train_unet(pipe, latent_mean, latent_std, token_ids, args, device, autocast,
         with autocast:
             text_embeddings = text_encoder(ids)[0]
             loss = denoising_loss(unet, noise_scheduler, latents, text_embeddings, objective, generator).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
         step += 1
-        running.append(loss.detach())
-        if step % 100 == 0:
-            value = torch.stack(running).mean().item()
-            running.clear()
-            curve.append((step, value))
+        value = optimizer_step(loss, optimizer, params, running, curve, step, every=100)
+        if value is not None:
             log(f"unet step {step}: loss {value:.4f}, lr {optimizer.param_groups[0]['lr']:.2e}, "
                 f"{step * args.batch / (time.perf_counter() - begin):.0f} img/s")
         if args.archive and time.perf_counter() - last_checkpoint > args.checkpoint_seconds:
