@@ -94,9 +94,8 @@ class MicroBatchPlan:
 def text_encoders(components) -> dict[str, torch.nn.Module]:
     """The model's text encoders by component name: "text_encoder", and SDXL's "text_encoder_2" when loaded."""
     encoders = {"text_encoder": components.text_encoder}
-    second = getattr(components, "text_encoder_2", None)  # a field of SDXL-capable Components only
-    if second is not None:
-        encoders["text_encoder_2"] = second
+    if components.text_encoder_2 is not None:
+        encoders["text_encoder_2"] = components.text_encoder_2
     return encoders
 
 
