@@ -217,7 +217,8 @@ def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: in
     preset = out_dir / f"first-step-b{batch}.yaml"
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"batch": batch}
-    for attempt in ("run1", "run2"):
+    attempts = ("run1", "run2", "profiled") if args.first_step_profile else ("run1", "run2")
+    for attempt in attempts:
         name = f"first-{attempt}-b{batch}"
         preset.write_text(yaml.safe_dump({
             "name": name, "model": str(model_dir),
@@ -228,7 +229,8 @@ def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: in
                       "cuda_graphs": args.cuda_graphs, "report_every": 1},
             "save": {"output_dir": str(out_dir)}}))
         start, start_unix = time.perf_counter(), time.time()
-        proc = subprocess.Popen([sys.executable, "-m", "sdlora", "train", "--preset", str(preset)],
+        profile = ["-m", "cProfile", "-o", str(args.first_step_profile)] if attempt == "profiled" else []
+        proc = subprocess.Popen([sys.executable, *profile, "-m", "sdlora", "train", "--preset", str(preset)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         events = out_dir / name / "events.jsonl"
         first = None
@@ -237,6 +239,8 @@ def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: in
             if events.is_file() and '"event": "step"' in events.read_text():
                 first = time.perf_counter() - start
         proc.wait()
+        if attempt == "profiled":
+            continue
         if first is None:
             raise RuntimeError(f"sdlora train ({attempt}) ended without a step: {proc.stderr.read()[-2000:]}")
         result[f"{attempt}_s"] = round(first, 1)
@@ -264,12 +268,15 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--compile", default="off", choices=["auto", "on", "off"])
+    parser.add_argument("--compile", default="off", choices=["auto", "on", "blocks", "off"])
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--first-step", type=int, nargs="*", default=[],
                         help="also time `sdlora train` from process start to its first step at these batch "
                              "sizes, twice each (after the timed runs, so a batch size timed there starts warm)")
+    parser.add_argument("--first-step-profile", type=Path,
+                        help="after the two timed starts, a third under cProfile, written here (where a warm "
+                             "start's time goes; cProfile slows Python-bound parts, so its time is not reported)")
     parser.add_argument("--baseline", action="store_true", help="also time the diffusers-recipe loop")
     parser.add_argument("--baseline-batch", type=int, nargs="*", default=[],
                         help="batch sizes of the baseline loop (default: those of --batch)")

@@ -107,6 +107,7 @@ def unwrap(unet):
     calls (teacher, target) neither touch DDP's gradient bookkeeping nor make the compiled step recompile."""
     from accelerate.utils import extract_model_from_parallel
 
+    unet = getattr(unet, "plain_module", unet)  # compile: blocks (compiled.CompiledBlocks)
     return extract_model_from_parallel(unet, keep_torch_compile=False)
 
 

@@ -182,7 +182,7 @@ class Trainer:
         # plain module, so other shapes (CFG batches at sampling) never trigger recompilation of the step.
         self.cuda_graphs = use_cuda_graphs(cfg.train, self.device)
         if use_compile(cfg.train, self.device):
-            self.step_unet = compile_step_model(self.unet, self.cuda_graphs)
+            self.step_unet = compile_step_model(self.unet, self.cuda_graphs, scope=cfg.train.compile)
         else:
             self.step_unet = self.unet
         self.grad_sync = GradientSync(self.params) if self.cuda_graphs or is_distributed() else None
