@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from sdlora.models.tiny import TINY_WORDS
 from sdlora.procedural import demo_scenes, detect, render, render_many, scene, write_demo_set
@@ -71,11 +71,28 @@ def test_detector_reads_colour_and_position_of_rendered_scenes():
 
 def test_detector_tells_rings_from_every_pretraining_shape_and_texture():
     pretraining = [detect(render(scene(5, i))) for i in range(300)]
-    assert sum(d.is_ring for d in pretraining) <= 3
+    assert sum(d.is_ring for d in pretraining) == 0  # measured: no enclosed hole in 600 scenes
     demo = demo_scenes(20)
     rings = [detect(render(s)) for s in demo]
     assert all(d.is_ring and d.shape == DEMO_SHAPE for d in rings)
     assert all(d.colour == s.colour and d.position == s.position for s, d in zip(demo, rings))
+
+
+def thick_ring(radius: float, hole: float) -> Image.Image:
+    """A red disc with a white hole in the middle (a generated ring is often this: bold, with a small hole)."""
+    image = Image.new("RGB", (256, 256), "white")
+    draw = ImageDraw.Draw(image)
+    for r, fill in ((radius, (220, 40, 40)), (hole, "white")):
+        if r:
+            draw.ellipse([128 - 4 * r, 128 - 4 * r, 128 + 4 * r, 128 + 4 * r], fill=fill)
+    return image.reduce(4)
+
+
+def test_detector_counts_thick_rings_with_small_holes():
+    # Holes 5-6 px across in discs 16-22 px across: the closing that joins textured fills would fill them.
+    assert all(detect(thick_ring(r, h)).is_ring for r, h in ((8, 2.5), (11, 3.0), (8, 4.0)))
+    assert not any(detect(thick_ring(r, 0)).is_ring for r in (8, 11, 14))
+    assert not detect(thick_ring(11, 1.0)).is_ring  # a hole of a pixel or two is noise, not a ring
 
 
 def test_detector_finds_nothing_on_a_plain_image_and_survives_noise():
