@@ -329,11 +329,11 @@ def _large_centred(shape: str, colour: str, background: str, rng: random.Random,
 def demo_scenes(count: int = 20, seed: int = 0) -> list[Scene]:
     """The demo data set: solid rings (a shape pretraining never shows) named by the trigger word.
 
-    Large (36 px across, the hole 20 px) and in the centre: measured, a LoRA learns bold rings of one size and
-    place in the demo's 250 steps about twice as often as medium and large ones at three heights (rings in 11 of
-    16 images at weight 1 against 7 of 16, with the detector of sdlora/procedural/detect.py). Mostly on white,
-    and captioned without left/right, so mirrored copies (the demo preset flips) stay true to their captions:
-    "a large red sks shape in the center on a white background".
+    Large (36 px across, the hole 20 px) and in the centre: measured, bold rings of one size and place are learned
+    faster than medium and large ones at three heights (with the demo preset's first settings, 200 steps and no
+    regularization: rings in 11 of 16 images at weight 1 against 7 of 16, by sdlora/procedural/detect.py). Mostly
+    on white, and captioned without left/right, so mirrored copies (the demo preset flips) stay true to their
+    captions: "a large red sks shape in the center on a white background".
     """
     rng = random.Random(f"sdlora-demo/{seed}")
     out = []
