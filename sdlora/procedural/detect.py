@@ -24,7 +24,8 @@ MASK_THRESHOLD = 50.0  # RGB distance from the background above which a pixel be
 CLOSING_RADIUS = 3  # px: joins fills whose gaps are up to 2x this (texture period 8 px -> gaps of 4 px)
 MIN_PIECE = 12  # px: smaller separate pieces are noise
 MIN_HOLE = 8  # px: smaller enclosed holes are gaps left between dots, not a ring's hole
-RING_HOLE_SCORE = 0.12  # a ring's hole is ~0.3 of its filled disc; filled shapes have ~0
+MIN_SMALL_HOLE = 5  # px: the smallest hole of a solid shape that counts (a hole about 2.5 px across)
+RING_HOLE_SCORE = 0.04  # drawn rings 0.2-0.3, bold generated ones 0.05-0.15; no base shape or scene has a hole
 TEXTURE_SCORE = 0.15  # share of the region where the background shows through: solid < 0.1, textured 0.2-0.55
 
 
@@ -196,13 +197,18 @@ def detect(image, background_rgb=None, threshold: float = MASK_THRESHOLD) -> Det
     # edges blend in the background colour, and small or textured shapes are mostly edge).
     contrast = distance[mask]
     rgb = np.median(pixels[mask][contrast >= 0.85 * np.percentile(contrast, 95)], axis=0)
+    texture_score = float(1.0 - mask.sum() / region.sum())
     holes = enclosed_holes(region)
+    if texture_score < TEXTURE_SCORE:
+        # A solid shape has no gaps to join, so a finer closing (1 px: anti-aliasing specks) keeps the small
+        # holes that CLOSING_RADIUS fills: a thick ring with a hole 3-6 px across.
+        holes |= enclosed_holes(closing(mask, 1), MIN_SMALL_HOLE)
+    filled = region | holes
     scores = shape_scores(region, centroid)
-    area = int(region.sum())
+    area = int((region & ~holes).sum())
     return Detection(
         background=nearest_colour(background), background_rgb=tuple(int(round(v)) for v in background),
         colour=nearest_colour(rgb), rgb=tuple(int(round(v)) for v in rgb), centroid=centroid,
-        position=position_name(*centroid, side=pixels.shape[1]), area=area, size=size_name(area + holes.sum()),
+        position=position_name(*centroid, side=pixels.shape[1]), area=area, size=size_name(filled.sum()),
         shape=max(scores, key=scores.get), shape_scores=scores,
-        hole_score=float(holes.sum() / (area + holes.sum())),
-        texture_score=float(1.0 - mask.sum() / area), mask=mask)
+        hole_score=float(holes.sum() / filled.sum()), texture_score=texture_score, mask=mask)

@@ -306,42 +306,80 @@ DEMO_TRIGGER = "sks"
 DEMO_COLOURS = ("red", "blue", "green", "orange", "purple", "black")
 
 
+def _demo_background(i: int, colour: str, rng: random.Random) -> str:
+    """White for three scenes in four, else a light colour that the shape stands out from."""
+    if i % 4:
+        return "white"
+    return rng.choice([c for c in ("gray", "yellow", "cyan", "pink")
+                       if colour_distance(COLOURS[c], COLOURS[colour]) >= MIN_CONTRAST])
+
+
+def _large_centred(shape: str, colour: str, background: str, rng: random.Random, rotate: bool) -> Scene:
+    col, row = POSITIONS["center"]
+    scene_ = Scene(
+        shape=shape, colour=colour, rgb=_jitter(COLOURS[colour], rng), size="large",
+        radius=SIZES["large"] + rng.uniform(-SIZE_JITTER, SIZE_JITTER), position="center",
+        centre=(GRID[col] * SIZE + rng.uniform(-POSITION_JITTER, POSITION_JITTER),
+                GRID[row] * SIZE + rng.uniform(-POSITION_JITTER, POSITION_JITTER)),
+        rotation=rng.uniform(-8.0, 8.0) if rotate else 0.0, texture="solid", texture_phase=(0.0, 0.0),
+        background=background, background_rgb=(0, 0, 0), caption="")
+    return replace(scene_, background_rgb=_jitter(COLOURS[background], rng))
+
+
 def demo_scenes(count: int = 20, seed: int = 0) -> list[Scene]:
     """The demo data set: solid rings (a shape pretraining never shows) named by the trigger word.
 
-    Mostly on white, medium or large, and captioned without left/right, so mirrored copies (the demo preset
-    flips) stay true to their captions: "a red sks shape at the top on a white background".
+    Large (36 px across, the hole 20 px) and in the centre: measured, bold rings of one size and place are learned
+    faster than medium and large ones at three heights (with the demo preset's first settings, 200 steps and no
+    regularization: rings in 11 of 16 images at weight 1 against 7 of 16, by sdlora/procedural/detect.py). Mostly
+    on white, and captioned without left/right, so mirrored copies (the demo preset flips) stay true to their
+    captions: "a large red sks shape in the center on a white background".
     """
     rng = random.Random(f"sdlora-demo/{seed}")
     out = []
     for i in range(count):
         colour = DEMO_COLOURS[i % len(DEMO_COLOURS)]
-        background = "white" if i % 4 else rng.choice(
-            [c for c in ("gray", "yellow", "cyan", "pink") if colour_distance(COLOURS[c], COLOURS[colour])
-             >= MIN_CONTRAST])
-        size = rng.choice(("medium", "large"))
-        # A large ring fits whole only in the middle row.
-        position = rng.choice(("top", "center", "bottom", "center") if size == "medium" else ("center",))
-        col, row = POSITIONS[position]
-        base = Scene(
-            shape=DEMO_SHAPE, colour=colour, rgb=_jitter(COLOURS[colour], rng), size=size,
-            radius=SIZES[size] + rng.uniform(-SIZE_JITTER, SIZE_JITTER), position=position,
-            centre=(GRID[col] * SIZE + rng.uniform(-POSITION_JITTER, POSITION_JITTER),
-                    GRID[row] * SIZE + rng.uniform(-POSITION_JITTER, POSITION_JITTER)),
-            rotation=0.0, texture="solid", texture_phase=(0.0, 0.0), background=background,
-            background_rgb=_jitter(COLOURS[background], rng), caption="")
+        base = _large_centred(DEMO_SHAPE, colour, _demo_background(i, colour, rng), rng, rotate=False)
         out.append(replace(base, caption=compose_caption(base, rng, shape_word=f"{DEMO_TRIGGER} shape")))
     return out
 
 
-def write_demo_set(folder: Path, count: int = 20, seed: int = 0) -> list[Path]:
-    """Write the demo set as NNN.png + NNN.txt into `folder`; returns the image paths."""
+def demo_reg_scenes(count: int = 40, seed: int = 0) -> list[Scene]:
+    """Regularization (prior preservation) scenes for the demo: what the base model draws, composed like the demo.
+
+    Every other one is a disc ("circle", the base shape nearest a ring), the rest any pretraining shape; same colours,
+    size, place and backgrounds as the demo set, captioned in the base model's words without the trigger. Trained
+    alongside the rings, they pin "a red circle on a white background" to a disc, so the LoRA can only draw the
+    hole where the prompt says "sks" (DreamBooth's prior preservation, Ruiz et al. 2023, section 3.3).
+    """
+    rng = random.Random(f"sdlora-prior/{seed}")
+    out = []
+    for i in range(count):
+        shape = "circle" if i % 2 == 0 else rng.choice(PRETRAIN_SHAPES)
+        colour = rng.choice(DEMO_COLOURS)
+        base = _large_centred(shape, colour, _demo_background(i, colour, rng), rng, rotate=True)
+        out.append(replace(base, caption=compose_caption(base, rng)))
+    return out
+
+
+def write_scenes(folder: Path, scenes: list[Scene], stem: str) -> list[Path]:
+    """Write `scenes` as STEM_NNN.png + STEM_NNN.txt (the caption) into `folder`; returns the image paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, s in enumerate(demo_scenes(count, seed)):
-        path = folder / f"sks_{i:03d}.png"
+    for i, s in enumerate(scenes):
+        path = folder / f"{stem}_{i:03d}.png"
         render(s).save(path, optimize=True)
         path.with_suffix(".txt").write_text(s.caption + "\n", encoding="utf-8")
         paths.append(path)
     return paths
+
+
+def write_demo_set(folder: Path, count: int = 20, seed: int = 0) -> list[Path]:
+    """Write the demo set (`demo_scenes`) as sks_NNN.png + sks_NNN.txt into `folder`; returns the image paths."""
+    return write_scenes(folder, demo_scenes(count, seed), DEMO_TRIGGER)
+
+
+def write_demo_reg_set(folder: Path, count: int = 40, seed: int = 0) -> list[Path]:
+    """Write the demo's regularization set (`demo_reg_scenes`) as prior_NNN.png + .txt into `folder`."""
+    return write_scenes(folder, demo_reg_scenes(count, seed), "prior")
