@@ -78,6 +78,17 @@ def test_compiled_step_with_flat_gradients_matches_the_eager_step(scope):
     assert all(p.grad.untyped_storage().data_ptr() == flat for p in fast_params)
 
 
+def test_lcm_teacher_calls_see_through_the_blocks_view():
+    """LCM runs its teacher on the plain module (adapters off, no grad): with compile: blocks it must find the
+    UNet behind the step's view, not the view, or it could not switch the LoRA off."""
+    from sdlora.train.lcm import unwrap
+
+    components, _ = lora_unet()
+    view = compile_step_model(components.unet, cuda_graphs=False, backend="aot_eager", scope="blocks")
+    assert unwrap(view) is components.unet
+    assert len(view.blocks) > 0
+
+
 def test_cuda_graphs_only_with_compile_on_a_gpu():
     def train(**values):
         return config_from_dict({"train": values}).train
