@@ -135,6 +135,23 @@ def test_file_without_vae_needs_vae_key(made, tmp_path):
         assert torch.allclose(models["vae"](image).sample, c.vae(image).sample, atol=1e-5)
 
 
+def test_generate_renders_from_a_file_without_vae_given_one(made, tmp_path, capsys):
+    from PIL import Image
+
+    from sdlora.cli import main
+
+    models, state = made["sd1"]
+    path = write({k: v for k, v in state.items() if not k.startswith("first_stage_model.")},
+                 tmp_path / "novae.safetensors")
+    vae_file = write(vae_to_ldm(models["vae"], prefix=""), tmp_path / "vae.safetensors")
+    out = tmp_path / "x.png"
+    common = ["generate", "--model", str(path), "--prompt", "a red circle", "--steps", "2", "--size", "32x32",
+              "--out", str(out)]
+    assert main(common) == 2 and "has no VAE" in capsys.readouterr().err
+    assert main(common + ["--vae", str(vae_file)]) == 0
+    assert Image.open(out).size == (32, 32)
+
+
 def test_ema_weights_are_left_out_in_favour_of_the_main_ones(made, tmp_path):
     models, state = made["sd1"]
     ema = {"model_ema." + k[len("model."):].replace(".", ""): v + 1.0 for k, v in state.items()

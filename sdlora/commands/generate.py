@@ -9,7 +9,12 @@ from sdlora.errors import SdloraError
 
 def register(sub) -> None:
     p = sub.add_parser("generate", help="render an image with LoRA adapters blended at chosen weights")
-    p.add_argument("--model", required=True, help="'tiny' or a diffusers-format model folder")
+    p.add_argument("--model", required=True,
+                   help="'tiny', a diffusers-format model folder, or a single-file checkpoint (.safetensors)")
+    p.add_argument("--vae", default=None, metavar="FILE_OR_FOLDER",
+                   help="a VAE to use instead of the model's own (needed for a checkpoint that has none)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="load a pickle checkpoint (.ckpt/.pt: it can run code; only from a source you trust)")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
                    help="a LoRA file and its weight in [-2, 2] (default 1); repeat for more adapters")
     p.add_argument("--prompt", required=True)
@@ -50,7 +55,7 @@ def run(args) -> int:
         raise SdloraError(f"--scheduler '{args.scheduler}' is unknown; use one of {', '.join(SCHEDULERS)}")
     if args.steps is not None and args.steps < 1:
         raise SdloraError(f"--steps {args.steps}: give at least 1 step")
-    blender = AdapterBlender(load_pipeline(args.model))
+    blender = AdapterBlender(load_pipeline(args.model, vae=args.vae, allow_pickle=args.allow_pickle))
     weights: dict[str, float] = {}
     for path, weight in loras:
         weights[path] = weights.get(path, 0.0) + weight
