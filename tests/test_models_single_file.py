@@ -152,6 +152,23 @@ def test_generate_renders_from_a_file_without_vae_given_one(made, tmp_path, caps
     assert Image.open(out).size == (32, 32)
 
 
+def test_preview_engine_loads_a_checkpoint_file_with_a_separate_vae_once(made, tmp_path):
+    from ui.preview_engine import GenParams, PreviewEngine
+
+    models, state = made["sd1"]
+    path = str(write({k: v for k, v in state.items() if not k.startswith("first_stage_model.")},
+                     tmp_path / "novae.safetensors"))
+    vae_file = str(write(vae_to_ldm(models["vae"], prefix=""), tmp_path / "vae.safetensors"))
+    engine = PreviewEngine()
+    params = GenParams(prompt="a red circle", negative="", seed=0, steps=2, guidance=5.0, width=32, height=32,
+                       scheduler="ddim")
+    with pytest.raises(SdloraError, match=r"has no VAE"):
+        engine.generate(path, [], params)
+    first = engine.generate(path, [], params, vae=vae_file)
+    again = engine.generate(path, [], params, vae=vae_file)
+    assert first.size == (32, 32) and list(first.getdata()) == list(again.getdata()) and engine.loads == 1
+
+
 def test_ema_weights_are_left_out_in_favour_of_the_main_ones(made, tmp_path):
     models, state = made["sd1"]
     ema = {"model_ema." + k[len("model."):].replace(".", ""): v + 1.0 for k, v in state.items()

@@ -52,29 +52,31 @@ class PreviewEngine:
         self._lock = threading.Lock()
         self.loads = 0  # how many base models were loaded: tests check that a slider does not reload
 
-    def blender(self, model: str):
+    def blender(self, model: str, vae: str | None = None):
+        """The blender of `model` (with `vae` in place of its own VAE when given), loaded once."""
+        key = (model, vae)
         with self._lock:
-            if model in self._blenders:
-                self._blenders.move_to_end(model)
-                return self._blenders[model]
-            blender = _new_blender(model)
+            if key in self._blenders:
+                self._blenders.move_to_end(key)
+                return self._blenders[key]
+            blender = _new_blender(model, vae)
             self.loads += 1
-            self._blenders[model] = blender
+            self._blenders[key] = blender
             while len(self._blenders) > self.max_models:
                 self._blenders.popitem(last=False)
             return blender
 
-    def generate(self, model: str, adapters: list[tuple[Path, float]], params: GenParams):
-        blender = self.blender(model)
+    def generate(self, model: str, adapters: list[tuple[Path, float]], params: GenParams, vae: str | None = None):
+        blender = self.blender(model, vae)
         with self._lock:  # one pipeline, one generation at a time
             return _render(blender, adapters, params)
 
 
-def _new_blender(model: str):
+def _new_blender(model: str, vae: str | None):
     from sdlora.adapters.blend import AdapterBlender
     from sdlora.models import load_pipeline
 
-    return AdapterBlender(load_pipeline(model))
+    return AdapterBlender(load_pipeline(model, vae=vae))
 
 
 def _render(blender, adapters: list[tuple[Path, float]], params: GenParams):

@@ -34,8 +34,10 @@ def build(ctx: AppContext, engine: PreviewEngine | None = None) -> None:
     adapters = find_adapters(ctx)
     with gr.Row(equal_height=False):
         model = gr.Dropdown(choices=models, value=models[0] if models else None, allow_custom_value=True,
-                            label="Base model", info="a built-in model or a diffusers folder under the allowed "
-                            "folders", elem_id="pv-model", scale=2)
+                            label="Base model", info="a built-in model, or a diffusers folder or checkpoint file "
+                            "(.safetensors) under the allowed folders", elem_id="pv-model", scale=2)
+        vae = gr.Textbox(label="VAE (optional)", info="a VAE file or folder in place of the model's own",
+                         elem_id="pv-vae", scale=1)
         picked = gr.Dropdown(choices=adapters, value=[], multiselect=True, label="Adapters",
                              info="outputs/NAME/NAME.safetensors and adapters/", elem_id="pv-adapters", scale=4)
         refresh = gr.Button("Refresh list", elem_id="pv-refresh", scale=0)
@@ -62,8 +64,8 @@ def build(ctx: AppContext, engine: PreviewEngine | None = None) -> None:
                                      elem_classes=["pv-weight"]) for name in names or []]
                 if not sliders:
                     gr.Markdown("Pick adapters above; each gets a weight slider here.")
-                state_inputs = [model, prompt, negative, seed, steps, guidance, width, height, scheduler, picked,
-                                row_on, row_adapter]
+                state_inputs = [model, vae, prompt, negative, seed, steps, guidance, width, height, scheduler,
+                                picked, row_on, row_adapter]
                 generate.click(on_generate, [*state_inputs, *sliders], [base_img, blend_img, row, note])
                 for slider in sliders:
                     # On release only: a drag would queue a generation per pixel moved.
@@ -82,22 +84,24 @@ def build(ctx: AppContext, engine: PreviewEngine | None = None) -> None:
     row = gr.Gallery(label="Weight row", columns=len(ROW_WEIGHTS), height=220, interactive=False, elem_id="pv-row")
 
     # ------------------------------------------------------------------------------------------ handlers
-    def on_generate(model_ref, text, neg, seed_v, steps_v, guidance_v, w, h, sched, names, row_flag, row_name,
-                    *weights_v):
+    def on_generate(model_ref, vae_ref, text, neg, seed_v, steps_v, guidance_v, w, h, sched, names, row_flag,
+                    row_name, *weights_v):
         try:
             base = _model(ctx, model_ref)
+            vae_path = str(ctx.roots.resolve(vae_ref)) if (vae_ref or "").strip() else None
             files = [ctx.roots.resolve(name, kind="file") for name in names or []]
             params = GenParams(prompt=text or "", negative=neg or "", seed=int(seed_v or 0), steps=int(steps_v),
                                guidance=float(guidance_v), width=int(w), height=int(h), scheduler=sched)
             pairs = list(zip(files, [float(v) for v in weights_v]))
-            base_image = engine.generate(base, [], params)
-            blended = engine.generate(base, pairs, params) if pairs else None
+            base_image = engine.generate(base, [], params, vae_path)
+            blended = engine.generate(base, pairs, params, vae_path) if pairs else None
             row_images = []
             if row_flag and row_name in (names or []):
                 at = list(names).index(row_name)
                 for weight in ROW_WEIGHTS:
                     varied = [(p, weight if i == at else wv) for i, (p, wv) in enumerate(pairs)]
-                    row_images.append((engine.generate(base, varied, params), f"{Path(row_name).stem} {weight:g}"))
+                    row_images.append((engine.generate(base, varied, params, vae_path),
+                                       f"{Path(row_name).stem} {weight:g}"))
         except SdloraError as exc:
             raise gr.Error(str(exc)) from None
         shown = ", ".join(f"{Path(p).stem} {wv:+.2f}" for p, wv in pairs) or "no adapters picked"
@@ -122,4 +126,4 @@ def _model(ctx: AppContext, ref: str | None) -> str:
         raise SdloraError("choose a base model")
     if ref in builtin_models():
         return ref
-    return str(ctx.roots.resolve(ref, kind="dir"))
+    return str(ctx.roots.resolve(ref))  # a diffusers folder or a single-file checkpoint: the loader tells them apart
