@@ -66,7 +66,10 @@ def build(ctx: AppContext, engine: PreviewEngine | None = None) -> None:
                     gr.Markdown("Pick adapters above; each gets a weight slider here.")
                 state_inputs = [model, vae, prompt, negative, seed, steps, guidance, width, height, scheduler,
                                 picked, row_on, row_adapter]
-                generate.click(on_generate, [*state_inputs, *sliders], [base_img, blend_img, row, note])
+                # always_last: a click while a generation runs (one a slider started, say) renders the latest
+                # settings once that one ends; Gradio's default for clicks drops it, and the click seems lost.
+                generate.click(on_generate, [*state_inputs, *sliders], [base_img, blend_img, row, note],
+                               trigger_mode="always_last")
                 for slider in sliders:
                     # On release only: a drag would queue a generation per pixel moved.
                     slider.release(on_generate, [*state_inputs, *sliders], [base_img, blend_img, row, note],
