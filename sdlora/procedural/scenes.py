@@ -316,14 +316,14 @@ def _demo_background(i: int, colour: str, rng: random.Random) -> str:
 
 def _large_centred(shape: str, colour: str, background: str, rng: random.Random, rotate: bool) -> Scene:
     col, row = POSITIONS["center"]
-    scene_ = Scene(
+    # Keyword arguments are evaluated in order: the random draws follow this order (the bundled sets depend on it).
+    return Scene(
         shape=shape, colour=colour, rgb=_jitter(COLOURS[colour], rng), size="large",
         radius=SIZES["large"] + rng.uniform(-SIZE_JITTER, SIZE_JITTER), position="center",
         centre=(GRID[col] * SIZE + rng.uniform(-POSITION_JITTER, POSITION_JITTER),
                 GRID[row] * SIZE + rng.uniform(-POSITION_JITTER, POSITION_JITTER)),
         rotation=rng.uniform(-8.0, 8.0) if rotate else 0.0, texture="solid", texture_phase=(0.0, 0.0),
-        background=background, background_rgb=(0, 0, 0), caption="")
-    return replace(scene_, background_rgb=_jitter(COLOURS[background], rng))
+        background=background, background_rgb=_jitter(COLOURS[background], rng), caption="")
 
 
 def demo_scenes(count: int = 20, seed: int = 0) -> list[Scene]:
