@@ -108,6 +108,9 @@ class TrainConfig:
     report_every: int = opt(0, min=0, max=10000,
                             help="steps between loss read-backs (0: every step on the CPU, every 10 on a GPU, so "
                                  "the GPU never waits for the host)")
+    cpu_threads: Optional[int] = opt(None, min=1, max=1024,
+                                     help="CPU threads for training (default: OMP_NUM_THREADS if set, else the "
+                                          "cores free when the run starts); the log says how many")
 
     @property
     def effective_text_encoder_lr(self) -> float:

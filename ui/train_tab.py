@@ -52,12 +52,10 @@ def _widget(field: Field, ctx: AppContext, value) -> gr.components.Component:
         return gr.Dropdown(choices=list(field.choices), **common)
     if field.kind == "bool":
         return gr.Checkbox(**common)
-    if field.optional and field.kind in ("int", "float"):
-        return gr.Textbox(placeholder="default", **common)  # empty means unset; a number box would show 0
-    if field.kind == "int":
-        return gr.Number(precision=0, **common)
-    if field.kind == "float":
-        return gr.Number(**common)
+    if field.kind in ("int", "float"):
+        # Text boxes read strictly (ui.fields): an empty or malformed number is an error on this key, and an
+        # optional one left empty means unset (a number box would show 0).
+        return gr.Textbox(placeholder="default" if field.optional else "a number", max_lines=1, **common)
     if field.kind == "list":
         return gr.Textbox(lines=2, **{**common, "info": field.help + " (one a line)"})
     return gr.Textbox(**common)

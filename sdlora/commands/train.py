@@ -78,6 +78,9 @@ def run(args) -> int:
         paths = new_run(config)
 
     main = distributed.rank() == 0
+    from sdlora.train.threads import apply_cpu_threads
+
+    print(apply_cpu_threads(config.train.cpu_threads), file=sys.stderr, flush=True)
     events = EventBus([JsonlWriter(paths.events), ConsoleReporter()] if main else [])
     stop = StopFlag()
     install_stop_handlers(stop)

@@ -1,0 +1,84 @@
+"""The run folders of the project as the Runs list shows them, and what the app may do to one that is not running:
+move it to the trash (outputs/.trash/, nothing is deleted for good) or find that it holds no training yet.
+
+State comes from the run's events.jsonl (the contract in DESIGN.md) through `RunView`, so the list says what the
+Train tab would say about each run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdlora.errors import SdloraError
+from sdlora.events import read_events
+from sdlora.train.rundir import RunPaths, has_training
+from ui.run_view import FINAL, RunView
+
+TRASH = ".trash"
+QUIET_S = 120  # a run not final whose events.jsonl is older than this is taken as not running anywhere
+
+
+@dataclass(frozen=True)
+class RunRow:
+    path: str  # relative to the project, e.g. outputs/demo
+    name: str
+    state: str  # running | starting | done | stopped | error | interrupted | new
+    step: int
+    total: int
+    date: str
+    adapter: str
+
+    def cells(self) -> list:
+        steps = f"{self.step} / {self.total}" if self.total else ""
+        return [self.name, self.state, steps, self.date, self.adapter, self.path]
+
+
+COLUMNS = ["name", "state", "steps", "date", "adapter", "folder"]
+
+
+def run_row(project: Path, run_dir: Path, running_here: bool = False) -> RunRow:
+    events = list(read_events(run_dir / "events.jsonl"))
+    view = RunView.from_events(events)
+    state = view.state if events else "new"
+    if state in ("running", "starting") and not running_here and not seems_alive(run_dir, events):
+        state = "interrupted"
+    if running_here:
+        state = view.state if view.state in ("running", "starting") else "starting"
+    adapter = run_dir / f"{run_dir.name}.safetensors"
+    stamp = events[0].get("time") if events else (run_dir / "config.yaml").stat().st_mtime
+    return RunRow(path=str(run_dir.relative_to(project)), name=run_dir.name, state=state, step=view.step,
+                  total=view.total, date=time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)),
+                  adapter=adapter.name if adapter.is_file() else "")
+
+
+def seems_alive(run_dir: Path, events: list[dict]) -> bool:
+    """A run whose last event is not final and was written recently: another process may be training it."""
+    if events and events[-1].get("event") in FINAL:
+        return False
+    path = run_dir / "events.jsonl"
+    return path.is_file() and time.time() - path.stat().st_mtime < QUIET_S
+
+
+def holds_training(run_dir: Path) -> bool:
+    """Whether starting afresh would throw work away (an adapter, a checkpoint, logged steps): as `sdlora train`."""
+    return has_training(RunPaths(run_dir, run_dir.name))
+
+
+def trash_run(outputs: Path, run_dir: Path) -> Path:
+    """Move `run_dir` to outputs/.trash/NAME-YYYYmmdd-HHMMSS; returns where it went."""
+    run_dir = Path(run_dir)
+    if seems_alive(run_dir, list(read_events(run_dir / "events.jsonl"))):
+        raise SdloraError(f"{run_dir.name}: its events.jsonl was written in the last {QUIET_S} s, so it may be "
+                          f"training in another process; stop it there first")
+    trash = Path(outputs) / TRASH
+    trash.mkdir(parents=True, exist_ok=True)
+    target = trash / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = trash / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+    shutil.move(str(run_dir), str(target))
+    return target
