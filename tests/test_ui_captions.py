@@ -43,3 +43,17 @@ def test_find_and_replace_in_all_captions(tmp_path):
     for p in folder.glob("*.txt"):
         assert p.read_text() == before[p.name].replace("white", "black").strip() + "\n"
     assert captions.replace_text(folder, "", "x") == 0
+
+
+def test_a_bulk_edit_is_planned_before_it_is_written_and_can_be_undone_exactly(tmp_path):
+    folder = make_shape_folder(tmp_path / "set", count=3)
+    (folder / "img002.txt").unlink()
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    plan = captions.plan_trigger(folder, "sks")
+    assert [c.image.name for c in plan] == ["img000.png", "img001.png", "img002.png"]
+    assert plan[0].new.startswith("sks, a ") and plan[2].old is None and plan[2].new == "sks"
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # planning writes nothing
+    assert captions.apply_changes(plan) == 3
+    assert (folder / "img002.txt").read_text() == "sks\n"
+    assert captions.undo_changes(plan) == 3
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # byte for byte, img002.txt gone again
