@@ -66,7 +66,7 @@ def test_start_stop_resume_and_finish_a_short_run(page, project, browser_context
     other = browser_context.new_page()
     other.goto(app_url)
     other.get_by_role("tab", name="Train").click()
-    expect(field(other, "train-run")).to_have_value("outputs/uitest")
+    expect(field(other, "train-run")).to_have_value("outputs/uitest", timeout=30_000)  # a busy CPU: give it time
     expect(field(other, "cfg-train-steps")).to_have_value("500")
     expect(other.locator("#train-progress")).to_contain_text("of 500")
     expect(other.locator("#train-status")).to_contain_text("is training")
@@ -113,7 +113,7 @@ def test_a_reload_during_training_shows_the_run(page, project):
         "data-step", re.compile(r"^[1-9]\d*$"), timeout=RUN_TIMEOUT)
     page.reload()
     page.get_by_role("tab", name="Train").click()
-    expect(field(page, "train-run")).to_have_value("outputs/reloaded")
+    expect(field(page, "train-run")).to_have_value("outputs/reloaded", timeout=30_000)
     expect(field(page, "cfg-name")).to_have_value("reloaded")
     expect(page.locator("#train-status")).to_contain_text("is training")
     expect(page.locator("#train-start")).to_be_disabled()
