@@ -91,7 +91,7 @@ def build(ctx: AppContext, engine: PreviewEngine | None = None) -> None:
         blend_img = gr.Image(label="With adapters", format="png", interactive=False, elem_id="pv-blend",
                              height=320)
     # contain, not the default cover: the whole image is shown, with its weight as the caption below it.
-    row = gr.Gallery(label="Weight row", columns=len(ROW_WEIGHTS), height="auto", object_fit="contain",
+    row = gr.Gallery(label="Weight row", columns=len(ROW_WEIGHTS), height=280, object_fit="contain",
                      interactive=False, elem_id="pv-row")
 
     # ------------------------------------------------------------------------------------------ handlers

@@ -98,6 +98,9 @@ def test_start_stop_resume_and_finish_a_short_run(page, project, browser_context
     expect(page.locator("#train-log textarea")).to_have_value(re.compile("adapter:"))
     steps = [e["step"] for e in read_events(project) if e["event"] == "step"]
     assert steps == list(range(1, at + 4))  # every step once: resumed where it stopped, nothing repeated
+    page.locator("#train-history-box").click()
+    page.locator("#train-runs-box").click()
+    expect(page.locator("#train-history img")).to_have_count(2)  # the asked-for sample and the final one
     page.wait_for_timeout(1200)
     screenshot(page, "train")
 
