@@ -78,18 +78,21 @@ def run(args) -> int:
         paths = new_run(config)
 
     main = distributed.rank() == 0
-    events = EventBus([JsonlWriter(paths.events), ConsoleReporter()] if main else [])
+    log = JsonlWriter(paths.events) if main else None
+    events = EventBus([log, ConsoleReporter()] if main else [])
     stop = StopFlag()
     install_stop_handlers(stop)
     trainer = Trainer(config, paths, events, stop)
     try:
         trainer.setup()
         result = trainer.run(resume=args.resume is not None)
-    except SdloraError as exc:
-        events.emit("error", message=str(exc))
-        raise
     except Exception as exc:
-        events.emit("error", message=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+        # Into events.jsonl only: the CLI prints the one line on stderr itself (cli.py), so the terminal shows
+        # the error once.
+        if log is not None:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            EventBus([log]).emit("error", message=detail if isinstance(exc, SdloraError)
+                                 else f"{type(exc).__name__}: {detail}")
         raise
     finally:
         events.close()
