@@ -188,6 +188,10 @@ def test_refused_for_sdxl_and_lcm(shapes_dir, tmp_path, monkeypatch):
     config = make_config(shapes_dir, tmp_path / "out")
     with pytest.raises(SdloraError, match="not supported for SDXL yet"):
         Trainer(config, new_run(config), EventBus()).setup()
+    from sdlora.commands.train import dry_run
+
+    with pytest.raises(SdloraError, match="not supported for SDXL yet"):  # --dry-run refuses what train refuses
+        dry_run(config)
 
 
 def test_samples_during_training_use_the_trained_text_encoder(trained, tmp_path):
