@@ -36,13 +36,15 @@ def test_states_steps_and_adapter_come_from_the_events(tmp_path):
     failed = make_run(out, "failed", [{"event": "error", "time": 1e9, "message": "too small"}])
     gone = make_run(out, "gone", [start, {"event": "step", "time": 1e9, "step": 3, "total_steps": 10, "loss": 1}],
                     age_s=3600)
-    live = make_run(out, "live", [start, {"event": "step", "time": 1e9, "step": 3, "total_steps": 10, "loss": 1}])
+    live = make_run(out, "live", [start, {"event": "step", "time": 1e9, "step": 3, "total_steps": 10, "loss": 1},
+                                  {"event": "validation", "time": 1e9, "step": 3, "loss": 0.125}])
     rows = {r.name: r for r in (run_row(tmp_path, d) for d in (done, failed, gone, live))}
     assert (rows["done"].state, rows["done"].step, rows["done"].total, rows["done"].adapter) == \
         ("done", 10, 10, "done.safetensors")
     assert rows["failed"].state == "error" and rows["failed"].adapter == ""
     assert rows["gone"].state == "interrupted"  # not final, silent for an hour: nothing trains it
     assert rows["live"].state == "running"  # written just now: maybe another process
+    assert rows["live"].cells()[5] == "0.125" and rows["done"].cells()[5] == ""  # validation loss once it exists
     assert rows["done"].cells()[:3] == ["done", "done", "10 / 10"] and rows["done"].path == "outputs/done"
     assert holds_training(done) and holds_training(gone) and not holds_training(failed)
 

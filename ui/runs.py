@@ -30,13 +30,15 @@ class RunRow:
     total: int
     date: str
     adapter: str
+    val_loss: float | None = None  # the last `validation` event's loss, where the run validates
 
     def cells(self) -> list:
         steps = f"{self.step} / {self.total}" if self.total else ""
-        return [self.name, self.state, steps, self.date, self.adapter, self.path]
+        val = "" if self.val_loss is None else f"{self.val_loss:.4g}"
+        return [self.name, self.state, steps, self.date, self.adapter, val, self.path]
 
 
-COLUMNS = ["name", "state", "steps", "date", "adapter", "folder"]
+COLUMNS = ["name", "state", "steps", "date", "adapter", "val. loss", "folder"]
 
 
 def run_row(project: Path, run_dir: Path, running_here: bool = False) -> RunRow:
@@ -51,7 +53,10 @@ def run_row(project: Path, run_dir: Path, running_here: bool = False) -> RunRow:
     stamp = events[0].get("time") if events else (run_dir / "config.yaml").stat().st_mtime
     return RunRow(path=str(run_dir.relative_to(project)), name=run_dir.name, state=state, step=view.step,
                   total=view.total, date=time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)),
-                  adapter=adapter.name if adapter.is_file() else "")
+                  adapter=adapter.name if adapter.is_file() else "",
+                  val_loss=next((float(e["loss"]) for e in reversed(events)
+                                 if e.get("event") == "validation" and isinstance(e.get("loss"), (int, float))),
+                                None))
 
 
 def seems_alive(run_dir: Path, events: list[dict]) -> bool:
