@@ -13,7 +13,7 @@ from PIL import Image
 from sdlora.errors import SdloraError
 from ui.display import upscaled
 from ui.runs import holds_training, run_row, trash_run
-from ui.sample_sheet import sheet
+from ui.sample_sheet import file_url, sheet_html
 
 
 def make_run(outputs, name, events, age_s=0.0):
@@ -72,10 +72,12 @@ def test_the_sample_sheet_is_step_by_prompt(tmp_path):
             Image.new("RGB", (8, 8)).save(folder / f"{i:02d}.png")
             images.append(str(folder / f"{i:02d}.png"))
         history.append((step, images))
-    items, columns = sheet(list(reversed(history)))
-    assert columns == 2
-    assert [caption for _, caption in items] == ["step 0 · a red circle", "step 0 · a blue square",
-                                                 "step 5 · a red circle", "step 5 · a blue square"]
+    table = sheet_html(list(reversed(history)))
+    assert table.index('data-step="5"') < table.index('data-step="0"')  # newest step on top
+    assert "<th>a red circle</th><th>a blue square</th>" in table
+    assert table.count("<img") == 4 and f'href="{file_url(history[1][1][1])}"' in table
+    assert 'title="step 5 · a blue square"' in table
+    assert "No samples yet" in sheet_html([])
 
 
 def test_small_images_are_shown_scaled_up_with_sharp_pixels():

@@ -31,6 +31,10 @@ CSS = """
 .sdlora-check .warn { background: #fff4d6; color: #7a5500; }
 .sdlora-check td, .sdlora-check th { padding: 2px 8px; text-align: left; }
 .sdlora-pixelated img { image-rendering: pixelated; }
+.sdlora-sheet { max-height: 520px; overflow: auto; }
+.sdlora-sheet th { padding: 2px 8px; text-align: left; font-weight: normal; white-space: nowrap; }
+.sdlora-sheet td { padding: 2px; }
+.sdlora-sheet img { display: block; object-fit: contain; background: #fff; border: 1px solid var(--border-color-primary); }
 .sdlora-chart { width: 100%; max-width: 760px; background: var(--block-background-fill); }
 """
 

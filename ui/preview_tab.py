@@ -5,6 +5,7 @@ keeps one per base model), so moving a slider re-weights the adapters without re
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -30,7 +31,25 @@ def find_adapters(ctx: AppContext) -> list[str]:
     return [str(p.relative_to(ctx.project)) for p in found if ctx.roots.contains(p)]
 
 
-def build(ctx: AppContext, engine: PreviewEngine | None = None) -> None:
+@dataclass
+class PreviewTab:
+    """What other panels (e.g. a compare view) hook into: the base model, VAE, adapters and sampling fields."""
+
+    model: gr.Dropdown
+    vae: gr.Textbox
+    adapters: gr.Dropdown
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    seed: gr.Textbox
+    steps: gr.Slider
+    guidance: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    scheduler: gr.Dropdown
+    engine: PreviewEngine
+
+
+def build(ctx: AppContext, engine: PreviewEngine | None = None) -> PreviewTab:
     engine = engine or PreviewEngine()
     models = list(builtin_models())
     adapters = find_adapters(ctx)
@@ -133,6 +152,8 @@ def build(ctx: AppContext, engine: PreviewEngine | None = None) -> None:
     refresh.click(lambda cur: gr.update(choices=find_adapters(ctx), value=[c for c in cur or []
                                                                          if c in find_adapters(ctx)]),
                   [picked], [picked])
+    return PreviewTab(model=model, vae=vae, adapters=picked, prompt=prompt, negative=negative, seed=seed, steps=steps,
+                      guidance=guidance, width=width, height=height, scheduler=scheduler, engine=engine)
 
 
 def _model(ctx: AppContext, ref: str | None) -> str:

@@ -27,7 +27,7 @@ from ui.context import AppContext
 from ui.paths import safe_name
 from ui.run_view import EventTail, RunView
 from ui.runs import COLUMNS, holds_training, run_row, seems_alive, trash_run
-from ui.sample_sheet import sheet
+from ui.sample_sheet import sheet_html
 
 _tails: dict[Path, EventTail] = {}
 
@@ -185,8 +185,7 @@ def build(ctx: AppContext, app: gr.Blocks | None = None) -> TrainTab:
             sample_now = gr.Button("Sample now", elem_id="train-sample-now", interactive=False, scale=0)
             save_now = gr.Button("Save now", elem_id="train-save-now", interactive=False, scale=0)
             gr.Markdown("While the run trains: samples, or a checkpoint with the adapter, after the current step.")
-        history = gr.Gallery(columns=1, height=480, interactive=False, object_fit="contain", show_label=False,
-                             elem_classes=["sdlora-pixelated"], elem_id="train-history")
+        history = gr.HTML(sheet_html([]), elem_classes=["sdlora-pixelated"], elem_id="train-history")
     log = gr.Textbox(label="Log", lines=8, max_lines=8, autoscroll=True, elem_id="train-log")
     with gr.Accordion("Runs", open=False, elem_id="train-runs-box"):
         runs_table = gr.Dataframe(headers=COLUMNS, value=_table(ctx), interactive=False, wrap=True,
@@ -336,12 +335,11 @@ def build(ctx: AppContext, app: gr.Blocks | None = None) -> TrainTab:
             return [gr.skip()] * 12 + [table, choices, sig, new_tsig]
         view = RunView.from_events(events) if run_dir else RunView()
         gallery = [(p, f"step {view.sample_step}") for p in view.sample_images if Path(p).is_file()]
-        sheet_items, columns = sheet(view.history)
         going = runner.running
         live = going and mine or (run_dir is not None and seems_alive(run_dir, events))
         idle = gr.update(interactive=not going)
         return [_status(view, run_dir, ctx, events), view.progress_html(), loss_chart(view.losses, view.lrs),
-                gallery, log_text, idle, idle, idle, idle, gr.update(value=sheet_items, columns=columns),
+                gallery, log_text, idle, idle, idle, idle, sheet_html(view.history),
                 gr.update(interactive=bool(live)), gr.update(interactive=bool(live)), table, choices, new_sig,
                 new_tsig]
 

@@ -75,7 +75,11 @@ def test_start_stop_resume_and_finish_a_short_run(page, project, browser_context
     expect(other.locator("#train-history img").first).to_be_visible(timeout=RUN_TIMEOUT)
     sampled = [e for e in read_events(project) if e["event"] == "sample"]
     assert sampled and sampled[0]["step"] > 0  # asked for while training, served after a step
-    expect(other.locator("#train-history")).to_contain_text(f"step {sampled[0]['step']} · a red circle")
+    row = other.locator(f'#train-history tr[data-step="{sampled[0]["step"]}"]')
+    expect(row).to_contain_text(f"step {sampled[0]['step']}")
+    expect(other.locator("#train-history")).to_contain_text("a red circle")  # the prompt heads its column
+    other.wait_for_function("() => document.querySelector('#train-history img').naturalWidth > 0")  # served
+
 
     # Stop (from the second tab): the run finishes its step, saves a checkpoint and the adapter, and says how to
     # continue, in both tabs.
