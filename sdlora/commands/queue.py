@@ -10,7 +10,6 @@ import json
 import time
 from pathlib import Path
 
-from sdlora.errors import SdloraError
 
 
 def register(sub) -> None:
@@ -89,19 +88,7 @@ def run_queue(queue, args) -> int:
 
 
 def cancel(queue, args) -> int:
-    import os
-    import signal
-
-    job = queue.job(args.id)
-    if job.state == "running":
-        if not job.pid:
-            raise SdloraError(f"job {job.id} is starting; cancel it again in a moment")
-        os.kill(job.pid, signal.SIGTERM)  # it finishes its step, saves, and ends stopped; the runner goes on
-        print(f"job {job.id}: stopping after its step (saved; `sdlora queue resume {job.id}` continues it)")
-        return 0
-    queue.remove(job.id)
-    print(f"job {job.id} ({job.name}): removed from the queue" +
-          (f"; its run folder {job.run_dir} is kept" if Path(job.run_dir).exists() else ""))
+    print(queue.cancel(args.id))
     return 0
 
 

@@ -152,6 +152,20 @@ class Queue:
         Path(job["config"]).unlink(missing_ok=True)
         return Job(**job)
 
+    def cancel(self, job_id: int) -> str:
+        """Take a job off the queue, or stop it if it runs (it saves and ends stopped); says what was done."""
+        import signal
+
+        job = self.job(job_id)
+        if job.state == "running":
+            if not job.pid:
+                raise SdloraError(f"job {job.id} is starting; cancel it again in a moment")
+            os.kill(job.pid, signal.SIGTERM)  # `sdlora train` finishes its step and saves; the runner goes on
+            return f"job {job.id}: stopping after its step (saved; resume continues it)"
+        self.remove(job.id)
+        kept = f"; its run folder {job.run_dir} is kept" if Path(job.run_dir).exists() else ""
+        return f"job {job.id} ({job.name}): removed from the queue{kept}"
+
     def move(self, job_id: int, offset: int) -> None:
         """Move a job `offset` places later (negative: earlier) in the run order."""
         with self.edit() as data:
