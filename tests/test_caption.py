@@ -113,5 +113,5 @@ def test_preview_writes_nothing(blip, tmp_path):
     (folder / "broken.png").unlink()
     files = sorted(folder.iterdir())
     report = caption_folder(folder, load_captioner(blip), limit=2, write=False, prefix="sks")
-    assert len(report.written) == 2 and all(c.startswith("sks, ") for _, c in report.written)
+    assert len(report.written) == 2 and all(c.startswith("sks, ") for _, _, c in report.written)
     assert sorted(folder.iterdir()) == files

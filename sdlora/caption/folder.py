@@ -20,7 +20,7 @@ from sdlora.data.scan import normalize_extension, scan_folder
 @dataclass
 class CaptionReport:
     images: int = 0
-    written: list[tuple[Path, str]] = field(default_factory=list)  # (caption file, caption)
+    written: list[tuple[Path, Path, str]] = field(default_factory=list)  # (image, caption file, caption)
     kept: list[Path] = field(default_factory=list)  # images whose existing caption file was left alone
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (image, reason)
     seconds: float = 0.0
@@ -29,7 +29,7 @@ class CaptionReport:
         rel = lambda p: str(Path(p).relative_to(root))  # noqa: E731
         return {"images": self.images, "written": len(self.written), "kept": len(self.kept),
                 "skipped": [{"file": rel(p), "reason": r} for p, r in self.skipped],
-                "captions": [{"file": rel(p), "caption": c} for p, c in self.written],
+                "captions": [{"image": rel(i), "file": rel(p), "caption": c} for i, p, c in self.written],
                 "images_per_s": round(len(self.written) / self.seconds, 3) if self.seconds else None}
 
 
@@ -79,7 +79,7 @@ def caption_folder(folder: Path, captioner, *, extension: str = ".txt", overwrit
                 target, caption = path.with_suffix(ext), compose(text, prefix, suffix)
                 if write:
                     write_text(target, caption + "\n")
-                report.written.append((target, caption))
+                report.written.append((path, target, caption))
             done += len(todo[i:i + batch])
             meter.update(len(todo[i:i + batch]))
             if progress is not None:
