@@ -88,3 +88,34 @@ def make_tagger(folder: Path, size: int = 16) -> Path:
     rows = ["tag_id,name,category,count"] + [f"{i},{name},{cat},100" for i, (name, cat) in enumerate(TAGS)]
     (folder / "selected_tags.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return folder
+
+
+def make_git(folder: Path, seed: int = 0) -> Path:
+    """A tiny GitForCausalLM (a decoder-only captioner: generate() returns the prompt before the caption)."""
+    import torch
+    from transformers import BertTokenizer, GitConfig, GitForCausalLM, GitProcessor
+
+    try:
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor as ImageProcessor
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    if "vocab" in inspect.signature(BertTokenizer.__init__).parameters:
+        tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
+    else:
+        (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+        tokenizer = BertTokenizer(vocab_file=str(folder / "vocab.txt"))
+    torch.manual_seed(seed)
+    config = GitConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=2, image_size=32, patch_size=8),
+                       vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, max_position_embeddings=64, bos_token_id=2, eos_token_id=3,
+                       pad_token_id=0)
+    model = GitForCausalLM(config).eval()
+    with torch.no_grad():
+        model.output.bias[:5] = -100.0  # no special tokens: every caption has words
+    model.save_pretrained(folder)
+    GitProcessor(image_processor=ImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                 tokenizer=tokenizer).save_pretrained(folder)
+    return folder

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from caption_fixtures import make_blip, make_tagger
+from caption_fixtures import make_blip, make_git, make_tagger
 from conftest import make_shape_folder
 from sdlora.cli import main
 
@@ -75,6 +75,17 @@ def test_overwrite_replaces_and_suffix_is_appended(blip, tmp_path, capsys):
     run_json(capsys, folder, "--model", blip, "--overwrite", "--suffix", "best quality")
     assert (folder / "img000.txt").read_text(encoding="utf-8").rstrip().endswith(", best quality")
     assert "on a white background" not in (folder / "img000.txt").read_text(encoding="utf-8")
+
+
+def test_a_decoder_only_model_gets_only_the_caption_not_its_prompt(tmp_path, capsys):
+    git = make_git(tmp_path / "tiny-git")
+    folder = make_shape_folder(tmp_path / "data", count=2)
+    plain = run_json(capsys, folder, "--model", git, "--overwrite")
+    prompted = run_json(capsys, folder, "--model", git, "--overwrite", "--prompt", "a photo of")
+    assert plain["kind"] == "transformers" and plain["written"] == 2
+    for caption in [c["caption"] for c in plain["captions"] + prompted["captions"]]:
+        assert len(caption.split()) == 8  # --max-length new words (no end token here), without the prompt's 3
+    assert run_json(capsys, folder, "--model", git, "--overwrite")["captions"] == plain["captions"]
 
 
 def test_tagger_writes_tags_above_the_threshold(tagger, tmp_path, capsys):

@@ -83,8 +83,9 @@ class ImageToText:
         import torch
 
         inputs = self._inputs(images)
+        # token_type_ids (BERT tokenizers: BLIP, GIT) are not generate() arguments of any captioning model.
         inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                  for k, v in inputs.items()}
+                  for k, v in inputs.items() if k != "token_type_ids"}
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.max_length, do_sample=False, num_beams=1)
         prompt_ids = inputs.get("input_ids")
