@@ -49,17 +49,33 @@ class Job:
 
     def progress(self) -> tuple[int, int]:
         """(last step, total steps) from the run folder's events.jsonl; (0, 0) before the first step."""
-        step, total = 0, 0
-        for event in read_events(Path(self.run_dir) / "events.jsonl"):
-            if "total_steps" in event:
-                total = event["total_steps"] or total
-            if event.get("event") == "step":
-                step = event.get("step", step)
-        return step, total
+        return run_progress(Path(self.run_dir) / "events.jsonl")
 
     def as_dict(self) -> dict:
         step, total = self.progress()
         return {**dataclasses.asdict(self), "step": step, "total_steps": total}
+
+
+_progress: dict[Path, tuple[tuple[int, int], tuple[int, int]]] = {}  # events file -> ((mtime, size), progress)
+
+
+def run_progress(events: Path) -> tuple[int, int]:
+    """(last step, total steps) of a run's events.jsonl, read again only when the file changed (the app polls)."""
+    try:
+        stat = events.stat()
+    except OSError:
+        return 0, 0
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    if events in _progress and _progress[events][0] == stamp:
+        return _progress[events][1]
+    step, total = 0, 0
+    for event in read_events(events):
+        if "total_steps" in event:
+            total = event["total_steps"] or total
+        if event.get("event") == "step":
+            step = event.get("step", step)
+    _progress[events] = (stamp, (step, total))
+    return step, total
 
 
 class Queue:
