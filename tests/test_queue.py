@@ -128,7 +128,7 @@ def test_a_running_job_without_a_live_runner_is_interrupted_and_never_rerun_on_i
     job = queue.add(config(tmp_path, "a"), preset="test", cwd=tmp_path)
     queue.update(job.id, state="running", started=1.0)  # as a runner killed with -9 leaves it
     assert queue.job(job.id).state == "interrupted"
-    assert queue.claim_next(os.getpid()) is None  # a new runner does not start it again
+    assert queue.claim_next() is None  # a new runner does not start it again
     requeued = queue.requeue(job.id)
     assert requeued.state == "queued" and requeued.resume
     with pytest.raises(Exception, match="queued already"):

@@ -49,9 +49,11 @@ def train_command(job: Job) -> list[str]:
     if job.resume and list_checkpoints(run_dir / "checkpoints"):
         return [*base, "--resume", str(run_dir)]
     if has_training(RunPaths(run_dir, job.name)):
-        raise SdloraError(f"{run_dir} holds training but no checkpoint to continue from, and "
-                          f"starting again would overwrite it; move the folder aside and resume the job to train "
-                          f"it from the start")
+        if not job.resume:
+            raise SdloraError(f"{run_dir} already holds a run this job did not start; queue it again under another "
+                              f"name (--set name={job.name}-2)")
+        raise SdloraError(f"{run_dir} holds training but no checkpoint to continue from, and starting again would "
+                          f"overwrite it; move the folder aside and resume the job to train it from the start")
     return [*base, "--preset", job.config]
 
 
@@ -82,7 +84,7 @@ class Runner:
             ran = 0
             try:
                 while not self.stopping:
-                    job = self.queue.claim_next(os.getpid())
+                    job = self.queue.claim_next()
                     if job is None:
                         break
                     self._run_job(job)
@@ -99,6 +101,9 @@ class Runner:
         except SdloraError as exc:
             self.queue.update(job.id, state="failed", ended=round(time.time(), 3), message=str(exc))
             self._say(f"job {job.id} ({job.name}): failed: {exc}")
+            return
+        if self.stopping:  # a stop asked while it was being claimed: leave it for the next runner
+            self.queue.update(job.id, state="queued", started=None)
             return
         self._say(f"job {job.id} ({job.name}): {' '.join(command[3:])}")
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")

@@ -47,6 +47,12 @@ class Job:
     message: str = ""
     log: str = ""
 
+    @classmethod
+    def of(cls, record: dict) -> "Job":
+        """From the file; keys this version does not know (written by a newer one) are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in known})
+
     def progress(self) -> tuple[int, int]:
         """(last step, total steps) from the run folder's events.jsonl; (0, 0) before the first step."""
         return run_progress(Path(self.run_dir) / "events.jsonl")
@@ -105,7 +111,7 @@ class Queue:
 
     def jobs(self) -> list[Job]:
         """The jobs in run order, as they stand: a running job without a live runner is interrupted."""
-        jobs = [Job(**job) for job in self._read()["jobs"]]
+        jobs = [Job.of(job) for job in self._read()["jobs"]]
         if any(j.state == "running" for j in jobs) and self.runner_pid() is None:
             for job in jobs:
                 if job.state == "running":
@@ -166,7 +172,7 @@ class Queue:
                 raise SdloraError(f"job {job_id} is running; stop it first (sdlora queue cancel {job_id} stops it)")
             data["jobs"].remove(job)
         Path(job["config"]).unlink(missing_ok=True)
-        return Job(**job)
+        return Job.of(job)
 
     def cancel(self, job_id: int) -> str:
         """Take a job off the queue, or stop it if it runs (it saves and ends stopped); says what was done."""
@@ -206,16 +212,16 @@ class Queue:
             jobs.remove(job)
             first = next((i for i, j in enumerate(jobs) if j["state"] == "queued"), len(jobs))
             jobs.insert(first, job)
-        return Job(**job)
+        return Job.of(job)
 
-    def claim_next(self, runner_pid: int) -> Job | None:
+    def claim_next(self) -> Job | None:
         """The first queued job, now recorded as running (called by the runner, which holds the runner lock)."""
         with self.edit() as data:
             for job in data["jobs"]:
                 if job["state"] == "queued":
                     job.update(state="running", started=round(time.time(), 3), ended=None, pid=None,
                                returncode=None, message="")
-                    return Job(**job)
+                    return Job.of(job)
         return None
 
     def mark_interrupted(self) -> list[int]:
