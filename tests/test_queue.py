@@ -107,6 +107,27 @@ def test_kill_9_of_the_runner_leaves_the_job_interrupted_and_resume_gives_the_sa
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
+def test_ctrl_c_in_queue_run_stops_the_job_after_its_step_saves_and_leaves_the_rest_queued(shapes_dir, tmp_path):
+    job = preset(tmp_path, shapes_dir, 500)
+    finish(cli(["queue", "add", "--preset", str(job), "--set", "name=long"], tmp_path))
+    finish(cli(["queue", "add", "--preset", str(job), "--set", "name=next"], tmp_path))
+    runner = cli(["queue", "run"], tmp_path)
+    events = tmp_path / "outputs" / "long" / "events.jsonl"
+    deadline = time.time() + 600
+    while not any(e["event"] == "step" for e in read_events(events)):
+        assert time.time() < deadline and runner.poll() is None
+        time.sleep(0.05)
+    runner.send_signal(signal.SIGINT)
+    finish(runner, 300)
+    jobs = listing(tmp_path)
+    assert [(j["name"], j["state"]) for j in jobs] == [("long", "stopped"), ("next", "queued")]
+    stopped = [e for e in read_events(events) if e["event"] == "stopped"]
+    assert len(stopped) == 1 and stopped[0]["step"] < 500 and jobs[0]["step"] == stopped[0]["step"]
+    assert (tmp_path / "outputs" / "long" / "long.safetensors").is_file()  # saved at the step it stopped on
+    assert any((tmp_path / "outputs" / "long" / "checkpoints").glob("step-*"))
+
+
 def test_list_json_fields_and_order_edits(tmp_path, capsys):
     queue = Queue(tmp_path / "outputs")
     ids = [queue.add(config(tmp_path, n), preset="test", cwd=tmp_path).id for n in ("a", "b", "c")]
