@@ -10,7 +10,7 @@ import gradio as gr
 
 from sdlora.config import load_config
 from sdlora.errors import SdloraError
-from ui import captions
+from ui import caption_panel, captions
 from ui.check_view import checked
 from ui.context import AppContext
 from ui.fields import parse_number
@@ -231,6 +231,7 @@ def build(ctx: AppContext) -> DatasetTab:
     cancel_btn.click(on_cancel, None, plan_outputs)
     undo_btn.click(on_undo, [folder_state, undo, *checks], [*outputs, undo, undo_btn])
     check_btn.click(lambda p, res, up: on_open(str(p) if p else "", res, up), [folder_state, *checks], outputs)
+    caption_panel.build(ctx, folder_state, load, checks, outputs)
     return DatasetTab(folder_state=folder_state, folder=folder, check_preset=check_preset)
 
 

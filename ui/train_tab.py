@@ -23,6 +23,7 @@ from ui.applies import applies, dependents, rule_for
 from ui.chart import loss_chart
 from ui.config_form import MAIN_KEYS, Field, config_fields, config_to_widgets, overrides, preset_yaml, \
     widgets_to_config
+from ui import queue_panel
 from ui.context import AppContext
 from ui.paths import safe_name
 from ui.run_view import EventTail, RunView
@@ -163,6 +164,7 @@ def build(ctx: AppContext, app: gr.Blocks | None = None) -> TrainTab:
 
     with gr.Row(equal_height=False):
         start = gr.Button("Start", variant="primary", elem_id="train-start")
+        add_to_queue = queue_panel.add_button()
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
         runs = ctx.runs()
         run_pick = gr.Dropdown(choices=runs, value=runs[0] if runs else None, label="Run", allow_custom_value=True,
@@ -193,6 +195,7 @@ def build(ctx: AppContext, app: gr.Blocks | None = None) -> TrainTab:
         with gr.Row(equal_height=False):
             gr.Markdown("Click a run to open it (its settings fill the form); then Resume, Retry or Delete above.")
             duplicate = gr.Button("Duplicate settings", elem_id="train-duplicate", scale=0)
+    queue_panel.build(ctx, add_to_queue, fields, ordered, preset, base_state)
     timer = gr.Timer(1.0)
 
     # ------------------------------------------------------------------------------------------ handlers
