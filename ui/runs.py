@@ -87,3 +87,39 @@ def trash_run(outputs: Path, run_dir: Path) -> Path:
         target = trash / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
     shutil.move(str(run_dir), str(target))
     return target
+
+
+def status_markdown(view: RunView, run_dir: Path | None, runner, events: list) -> str:
+    """What the Train tab says about the picked run: going here, elsewhere, done, stopped, failed, and why."""
+    mine = runner.run_dir is not None and run_dir is not None and runner.run_dir.resolve() == run_dir.resolve()
+    code = runner.returncode if mine else None
+    lines = []
+    if run_dir is None:
+        return "No run yet: choose a preset, adjust the settings and press **Start**."
+    name = run_dir.name
+    if mine and runner.running:
+        going = "training" if view.state == "running" and view.total else "starting (loading the model and data)"
+        lines.append(f"⏳ **{name}** is {going}…")
+    elif view.state == "done":
+        lines.append(f"✅ **{name}** is done: adapter `{view.adapter}`")
+    elif view.state == "stopped":
+        lines.append(f"⏹ **{name}** stopped at step {view.step} of {view.total}; **Resume** continues it.")
+    elif view.state == "error":
+        lines.append(f"❌ **{name}** failed: {_last_error(view)} · **Retry** starts it again with the settings "
+                     f"above, **Delete** moves it to the trash.")
+    elif mine and code is not None and code != 0:
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        hint = " (out of memory?)" if code in (-9, 137) else ""
+        lines.append(f"❌ **{name}**: the training process {how}{hint}: `{runner.last_line() or 'no output'}`")
+    elif view.state in ("running", "starting") and seems_alive(run_dir, events):
+        lines.append(f"⏳ **{name}** is training in another process (step {view.step} of {view.total}).")
+    elif view.state in ("running", "starting") and events:
+        lines.append(f"**{name}**: not running (it stopped at step {view.step} of {view.total} without saying "
+                     f"why); **Resume** continues from its last checkpoint.")
+    lines += [f"⚠ {text}" for kind, text in view.messages if kind == "warning"][-3:]
+    return "\n\n".join(lines)
+
+
+def _last_error(view: RunView) -> str:
+    errors = [text for kind, text in view.messages if kind == "error"]
+    return errors[-1] if errors else "unknown error"

@@ -27,7 +27,7 @@ from ui import queue_panel
 from ui.context import AppContext
 from ui.paths import safe_name
 from ui.run_view import EventTail, RunView
-from ui.runs import COLUMNS, holds_training, run_row, seems_alive, trash_run
+from ui.runs import COLUMNS, holds_training, run_row, seems_alive, status_markdown, trash_run
 from ui.sample_sheet import sheet_html
 
 _tails: dict[Path, EventTail] = {}
@@ -68,42 +68,6 @@ def _widget(field: Field, ctx: AppContext, value, visible: bool = True) -> gr.co
     if field.kind == "list":
         return gr.Textbox(lines=2, **{**common, "info": field.help + " (one a line)"})
     return gr.Textbox(**common)
-
-
-def _status(view: RunView, run_dir: Path | None, ctx: AppContext, events: list) -> str:
-    runner = ctx.runner
-    mine = runner.run_dir is not None and run_dir is not None and runner.run_dir.resolve() == run_dir.resolve()
-    code = runner.returncode if mine else None
-    lines = []
-    if run_dir is None:
-        return "No run yet: choose a preset, adjust the settings and press **Start**."
-    name = run_dir.name
-    if mine and runner.running:
-        going = "training" if view.state == "running" and view.total else "starting (loading the model and data)"
-        lines.append(f"⏳ **{name}** is {going}…")
-    elif view.state == "done":
-        lines.append(f"✅ **{name}** is done: adapter `{view.adapter}`")
-    elif view.state == "stopped":
-        lines.append(f"⏹ **{name}** stopped at step {view.step} of {view.total}; **Resume** continues it.")
-    elif view.state == "error":
-        lines.append(f"❌ **{name}** failed: {_last_error(view)} · **Retry** starts it again with the settings "
-                     f"above, **Delete** moves it to the trash.")
-    elif mine and code is not None and code != 0:
-        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-        hint = " (out of memory?)" if code in (-9, 137) else ""
-        lines.append(f"❌ **{name}**: the training process {how}{hint}: `{runner.last_line() or 'no output'}`")
-    elif view.state in ("running", "starting") and seems_alive(run_dir, events):
-        lines.append(f"⏳ **{name}** is training in another process (step {view.step} of {view.total}).")
-    elif view.state in ("running", "starting") and events:
-        lines.append(f"**{name}**: not running (it stopped at step {view.step} of {view.total} without saying "
-                     f"why); **Resume** continues from its last checkpoint.")
-    lines += [f"⚠ {text}" for kind, text in view.messages if kind == "warning"][-3:]
-    return "\n\n".join(lines)
-
-
-def _last_error(view: RunView) -> str:
-    errors = [text for kind, text in view.messages if kind == "error"]
-    return errors[-1] if errors else "unknown error"
 
 
 @dataclass
@@ -341,7 +305,8 @@ def build(ctx: AppContext, app: gr.Blocks | None = None) -> TrainTab:
         going = runner.running
         live = going and mine or (run_dir is not None and seems_alive(run_dir, events))
         idle = gr.update(interactive=not going)
-        return [_status(view, run_dir, ctx, events), view.progress_html(), loss_chart(view.losses, view.lrs),
+        return [status_markdown(view, run_dir, ctx.runner, events), view.progress_html(),
+                loss_chart(view.losses, view.lrs),
                 gallery, log_text, idle, idle, idle, idle, sheet_html(view.history),
                 gr.update(interactive=bool(live)), gr.update(interactive=bool(live)), table, choices, new_sig,
                 new_tsig]
