@@ -42,8 +42,10 @@ def test_every_field_takes_input_blend_two_adapters_and_change_a_weight(page, pr
     page.keyboard.press("Escape")
     expect(page.locator(".pv-weight")).to_have_count(2)
 
-    type_into(page, "#pv-model input", "tiny")
-    page.keyboard.press("Escape")  # close the model list
+    model = page.locator("#pv-model input").first
+    model.fill("tiny")
+    model.press("Enter")  # takes the typed name and closes the list
+    expect(model).to_have_value("tiny")
     type_into(page, "#pv-prompt textarea", "a blue square on a white background")
     type_into(page, "#pv-negative input, #pv-negative textarea", "blurry")
     type_into(page, "#pv-steps input[type=number]", "4")
