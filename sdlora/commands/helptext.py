@@ -41,6 +41,15 @@ HELP: dict[str, tuple[str, list[str]]] = {
                 "the files that are skipped or suspicious.",
                 ["sdlora dataset check examples/demo --resolution 64",
                  "sdlora dataset check /data/style --buckets --json"]),
+    "caption": ("Write a caption file beside each image of a folder with a captioning model you have (a "
+                "transformers image-to-text model or a WD14 tagger folder); existing captions are kept unless "
+                "--overwrite.",
+                ["sdlora caption datasets/mine --model /models/blip-base --prefix 'sks, '",
+                 "sdlora caption datasets/mine --model /models/wd14 --threshold 0.4 --overwrite --json"]),
+    "queue": ("Queue trainings and run them one after another (outputs/queue.json, shared with the app's Queue "
+              "panel): add jobs, list them, run the queue, cancel or resume a job.",
+              ["sdlora queue add --preset presets/demo.yaml --set train.steps=200",
+               "sdlora queue list --json", "sdlora queue run", "sdlora queue cancel 3"]),
     "models": ("List the built-in models (no files needed) and the diffusers-format folders they live in.",
                ["sdlora models", "sdlora models --json"]),
 }
