@@ -16,7 +16,7 @@ from sdlora import __version__
 from sdlora.errors import SdloraError
 
 # Subcommand modules, in the order `sdlora --help` lists them.
-COMMAND_MODULES = ["train", "generate", "inspect", "convert", "merge", "resize", "dataset", "models"]
+COMMAND_MODULES = ["train", "generate", "inspect", "convert", "merge", "resize", "dataset", "models", "grid"]
 
 
 def build_parser() -> argparse.ArgumentParser:
