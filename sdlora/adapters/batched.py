@@ -93,28 +93,28 @@ class _LayerStack:
             self._stacks = downs, ups, scales
         return self._stacks
 
-    def delta(self, x: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor, num_slots: int) -> torch.Tensor:
-        """Σ_k w_k·(alpha/rank)·B·A·x per sample; `slots`, `weights` are [K, N] (K adapters per sample at most)."""
+    def add_to(self, output: torch.Tensor, x: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor,
+               num_slots: int) -> torch.Tensor:
+        """output + Σ_k w_k·(alpha/rank)·B·(A·x) per sample; `slots`, `weights` are [K, N] (K adapters per sample
+        at most). The scale goes on the rank-r intermediate and B's product is fused with the add (baddbmm), so
+        the full-size output is touched once per adapter position."""
         downs, ups, scales = self.stacks(num_slots)
         n = x.shape[0]
-        total = None
+        out = output.reshape(n, output.shape[1], -1) if self.is_conv else output.reshape(n, -1, output.shape[-1])
         for k in range(slots.shape[0]):
-            down, up = downs[slots[k]].to(x.dtype), ups[slots[k]].to(x.dtype)  # this sample's A and B
+            down, up = downs[slots[k]].to(x.dtype), ups[slots[k]].to(x.dtype)  # each sample's A and B
             scale = (weights[k] * scales[slots[k]]).to(x.dtype)
             if self.is_conv:  # LoCon: A carries the kernel, B is 1x1 (as peft's lora.Conv2d)
                 # per-sample kernels as one grouped convolution: the batch folded into the channels
                 c, h, w = x.shape[1:]
                 low = F.conv2d(x.reshape(1, n * c, h, w), down.reshape(-1, *down.shape[2:]),
                                stride=self.module.stride, padding=self.module.padding, groups=n)
-                out_h, out_w = low.shape[-2:]
-                out = torch.bmm(up, low.reshape(n, down.shape[1], out_h * out_w))
-                out = out.reshape(n, up.shape[1], out_h, out_w) * scale[:, None, None, None]
+                low = low.reshape(n, down.shape[1], -1) * scale[:, None, None]
+                out = torch.baddbmm(out.to(x.dtype), up, low)  # [n, out, r] @ [n, r, h'w']
             else:
-                flat = x.reshape(n, -1, x.shape[-1])
-                out = torch.bmm(torch.bmm(flat, down.transpose(1, 2)), up.transpose(1, 2))
-                out = (out * scale[:, None, None]).reshape(*x.shape[:-1], up.shape[1])
-            total = out if total is None else total + out
-        return total
+                low = torch.bmm(x.reshape(n, -1, x.shape[-1]), down.transpose(1, 2)) * scale[:, None, None]
+                out = torch.baddbmm(out.to(x.dtype), low, up.transpose(1, 2))  # [n, L, r] @ [n, r, out]
+        return out.reshape(output.shape).to(output.dtype)
 
 
 class MultiAdapter:
@@ -133,7 +133,8 @@ class MultiAdapter:
         self.loads = 0  # files read into the cache: a grid reads each once
         self._layers: dict[str, _LayerStack] = {}  # by Adapter layer name
         self._hooks: list = []
-        self._active: tuple[torch.Tensor, torch.Tensor, set[int]] | None = None  # slots [K,N], weights [K,N]
+        # slots [K, N], weights [K, N], the slots in use, and both for a guidance batch of 2N
+        self._active: tuple | None = None
 
     # ------------------------------------------------------------------------------------------ the cache
     def load(self, path: Path | str) -> CachedAdapter:
@@ -206,8 +207,8 @@ class MultiAdapter:
                 slots[k, i], weights[k, i] = cached.slot, float(weight)
                 if weight:
                     used.add(cached.slot)
-        device = self.pipe.unet.device
-        self._active = (slots.to(device), weights.to(device), used)
+        slots, weights = slots.to(self.pipe.unet.device), weights.to(self.pipe.unet.device)
+        self._active = (slots, weights, used, (slots.repeat(1, 2), weights.repeat(1, 2)))
         try:
             yield
         finally:
@@ -217,13 +218,13 @@ class MultiAdapter:
         def add_delta(module, args, output):
             if self._active is None or not (self._active[2] & stack.pairs.keys()):
                 return output  # no mix active, or no sample of the batch has this layer
-            slots, weights, _ = self._active
+            slots, weights, _, doubled = self._active
             x, n = args[0], slots.shape[1]
             if x.shape[0] == 2 * n:  # classifier-free guidance: [uncond; cond], each half the same samples
-                slots, weights = slots.repeat(1, 2), weights.repeat(1, 2)
+                slots, weights = doubled
             elif x.shape[0] != n:
                 raise RuntimeError(f"a batch of {x.shape[0]} reached a layer set up for {n} samples")
-            return output + stack.delta(x, slots, weights, self.num_slots).to(output.dtype)
+            return stack.add_to(output, x, slots, weights, self.num_slots)
         return add_delta
 
     def close(self) -> None:
