@@ -145,3 +145,27 @@ def test_bad_input_is_one_line_naming_the_argument(inputs, tmp_path, capsys):
         assert code == 2 and re.search(message, err), (extra, err)
         assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "bad.png").exists()
+
+
+@pytest.mark.slow
+def test_an_sdxl_grid_equals_sdlora_generate(tmp_path, capsys):
+    """SDXL's two text encoders, pooled embeddings and micro-conditioning go through the batched path too."""
+    from sdlora.models.architectures import random_sdxl_pipeline
+    from sdlora.models.storage import save_pipeline_folder
+
+    pipe = random_sdxl_pipeline(seed=0, tiny=True)
+    model = save_pipeline_folder(pipe, tmp_path / "xl-model") or tmp_path / "xl-model"
+    meta = {"sdlora_mode": "standard", "ss_base_model_version": "sdxl_base_v1-0"}
+    adapter = make_adapter(pipe, ("to_q", "to_k", "to_v", "to_out.0"), ("q_proj", "v_proj"), rank=2, alpha=2.0,
+                           seed=7, metadata=meta)
+    path = save_adapter(adapter, tmp_path / "xl.safetensors")
+    out = tmp_path / "xl-grid.png"
+    code, stdout, err = cli(capsys, "grid", "--model", model, "--lora", path, "--weights", "1", "--prompt",
+                            "a red circle", "a blue square", "--steps", 2, "--size", "64x64", "--scheduler", "euler",
+                            "--out", out, "--json")
+    assert code == 0, err
+    index = json.loads(stdout)
+    for cell in (index[0], index[3]):  # the base for the first prompt; the adapter for the second
+        expected = generate(capsys, tmp_path, cell, model=model, steps=2, size="64x64", scheduler="euler")
+        assert np.abs(pixels(cell["file"]) - expected).max() <= 2, cell
+    assert np.abs(pixels(index[3]["file"]) - pixels(index[1]["file"])).mean() > 0.5

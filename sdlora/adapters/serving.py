@@ -59,6 +59,9 @@ class _Sampling:
     guidance: float = 7.5
     width: int | None = None
     height: int | None = None
+    # SDXL samples an empty negative as zeros (force_zeros_for_empty_prompt) only when none is given at all, so
+    # requests with and without one are not mixed in a call
+    negative: bool = False
 
 
 @dataclass
@@ -134,7 +137,7 @@ class BatchGenerator:
         options = defaults.scheduler_options if scheduler == defaults.scheduler else {}
         return _Sampling(scheduler, tuple(sorted(options.items())), request.steps or defaults.steps,
                          defaults.guidance if request.guidance is None else request.guidance,
-                         request.width, request.height)
+                         request.width, request.height, bool(request.negative))
 
     def _sample(self, sampling: _Sampling, batch: list[Request]) -> list:
         if self._blender is not None:
@@ -155,7 +158,8 @@ class BatchGenerator:
         generators = [torch.Generator("cpu").manual_seed(r.seed) for r in batch]
         self.calls += 1
         with self.multi.mixes(rows), torch.no_grad():
-            return self.pipe([r.prompt for r in batch], negative_prompt=[r.negative or "" for r in batch],
+            return self.pipe([r.prompt for r in batch],
+                             negative_prompt=[r.negative for r in batch] if sampling.negative else None,
                              num_inference_steps=sampling.steps, guidance_scale=sampling.guidance,
                              width=sampling.width, height=sampling.height, generator=generators).images
 
