@@ -74,7 +74,9 @@ def generate_command(cell: dict) -> str:
     return shlex.join(args)
 
 
-def build(ctx: AppContext, engine: BatchEngine | None = None) -> None:
+def build(ctx: AppContext, engine: BatchEngine | None = None, generate_inputs: dict | None = None) -> None:
+    """The view; with `generate_inputs` (the Generate view's model, adapters, prompt, seed, steps, guidance
+    components) a button opens the clicked cell there."""
     engine = engine or ctx.batch_engine
     models = list(builtin_models())
     with gr.Row(equal_height=False):
@@ -100,8 +102,11 @@ def build(ctx: AppContext, engine: BatchEngine | None = None) -> None:
                       height="auto", interactive=False, elem_id="cmp-grid")
     with gr.Row(equal_height=False):
         picked = gr.Image(label="Cell", format="png", interactive=False, elem_id="cmp-cell", height=256)
-        details = gr.Markdown("Click a cell to see its settings.", elem_id="cmp-details")
+        with gr.Column():
+            details = gr.Markdown("Click a cell to see its settings.", elem_id="cmp-details")
+            to_generate = gr.Button("Open in Generate", elem_id="cmp-to-generate", visible=bool(generate_inputs))
     cells_state = gr.State([])
+    picked_cell = gr.State(None)
 
     def on_run(run_ref, current_model):
         try:
@@ -147,7 +152,7 @@ def build(ctx: AppContext, engine: BatchEngine | None = None) -> None:
 
     def on_select(info, evt: gr.SelectData):
         if not info or evt.index is None or evt.index >= len(info):
-            return None, "Click a cell to see its settings."
+            return None, "Click a cell to see its settings.", None
         cell = info[evt.index]
         value = evt.value or {}
         image = (value.get("image") or {}).get("path") if isinstance(value, dict) else None
@@ -155,13 +160,31 @@ def build(ctx: AppContext, engine: BatchEngine | None = None) -> None:
                 f"{cell['steps']} steps · guidance {cell['guidance']:g}\n\nprompt: {html.escape(cell['prompt'])}\n\n"
                 f"adapter: `{cell['adapter']}`\n\nThe same image from the command line:\n\n"
                 f"```\n{generate_command(cell)}\n```")
-        return image, text
+        return image, text, cell
+
+    def on_to_generate(cell):
+        from ui.preview_tab import find_adapters
+
+        if not cell:
+            raise gr.Error("click a cell of the grid first")
+        adapter = Path(cell["adapter"])
+        name = str(adapter.relative_to(ctx.project)) if adapter.is_relative_to(ctx.project) else str(adapter)
+        choices = find_adapters(ctx)
+        chosen = [name] if cell["weight"] else []
+        note = f"Opened in Generate: set its weight slider to {cell['weight']:g}." if cell["weight"] else \
+            "Opened in Generate (the base model: no adapter)."
+        return (cell["model"], gr.update(choices=sorted(set(choices) | set(chosen)), value=chosen), cell["prompt"],
+                cell["seed"], cell["steps"], cell["guidance"], note)
 
     run.change(on_run, [run, model], [checkpoints, model])
     refresh.click(lambda: gr.update(choices=ctx.runs()), None, [run])
     start.click(on_compare, [model, checkpoints, weights, prompts, seed, steps, guidance],
                 [grid, progress, cells_state], trigger_mode="always_last")
-    grid.select(on_select, [cells_state], [picked, details])
+    grid.select(on_select, [cells_state], [picked, details, picked_cell])
+    if generate_inputs:
+        g = generate_inputs
+        to_generate.click(on_to_generate, [picked_cell], [g["model"], g["adapters"], g["prompt"], g["seed"],
+                                                          g["steps"], g["guidance"], details])
 
 
 def _gallery(cells, order, futures) -> list[tuple[Image.Image, str]]:

@@ -27,3 +27,8 @@ def test_compare_a_runs_checkpoints_and_open_a_cell(page, project):
     expect(page.locator("#cmp-details")).to_contain_text("sdlora generate", timeout=30_000)
     expect(page.locator("#cmp-details")).to_contain_text("weight 1")
     screenshot(page, "compare")
+    page.keyboard.press("Escape")  # the gallery's preview of the clicked cell
+    page.locator("#cmp-to-generate").click()
+    expect(page.locator("#cmp-details")).to_contain_text("set its weight slider to 1", timeout=30_000)
+    expect(page.locator("#pv-adapters")).to_contain_text("outputs/cmprun/cmprun.safetensors")
+    expect(page.locator("#pv-steps input[type=number]")).to_have_value("3")
