@@ -263,6 +263,8 @@ def check_fits(pipe, adapter: Adapter, what: str) -> None:
         raise SdloraError(f"{what}: this LoRA is for {family} (from {source}) but the model is {model} model; use "
                           f"it with a model of its family")
     for name, layer in adapter.layers.items():
+        if type(layer) is not LoraLayer:
+            continue  # another network type: diffusers checks it when it loads it
         try:
             module = resolve_module(pipe, name)
         except SdloraError as exc:
