@@ -26,7 +26,7 @@ def register(sub) -> None:
                         "order); one grid row each")
     p.add_argument("--weights", default=None, metavar="W,W,...",
                    help="weights in [-2, 2], comma-separated (default 0,0.5,1); weight 0, the base model, always "
-                        "comes first")
+                        "comes first; a list that starts with a minus takes '=': --weights=-1,0,1")
     p.add_argument("--prompt", action="extend", nargs="+", default=[], required=True, metavar="TEXT",
                    help="one or more prompts; each weight gets a column per prompt")
     p.add_argument("--negative", default="", help="negative prompt for every cell")
