@@ -90,3 +90,18 @@ def test_convert_swaps_frozen_base_layers_and_keeps_lora_trainable():
         unet(latents, torch.tensor([500]), text).sample.float().pow(2).mean().backward()
     grads = [p.grad for p in lora_parameters(unet)]
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+@needs_scaled_mm
+def test_fp8_layer_traces_under_torch_compile_with_the_same_result():
+    # aot_eager traces the forward and backward graphs as inductor does (the custom op's fake and autograd
+    # registrations), without generating kernels.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Fp8FrozenLinear(torch.nn.Linear(64, 64).requires_grad_(False)), torch.nn.GELU(),
+                                torch.nn.Linear(64, 16).bfloat16())
+    x = torch.randn(2, 8, 64, dtype=torch.bfloat16, requires_grad=True)
+    eager = model(x)
+    (eager_grad,) = torch.autograd.grad(eager.float().sum(), x)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)(x)
+    (compiled_grad,) = torch.autograd.grad(compiled.float().sum(), x)
+    assert torch.equal(compiled, eager) and torch.equal(compiled_grad, eager_grad)
