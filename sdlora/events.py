@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
-EVENT_KINDS = ("start", "step", "sample", "checkpoint", "done", "stopped", "error", "warning")
+EVENT_KINDS = ("start", "step", "sample", "checkpoint", "done", "stopped", "error", "warning", "validation")
 
 
 class Listener(Protocol):

@@ -154,6 +154,11 @@ def dry_run(config: Config) -> int:
     for line in summarize(dataset, batch_size=config.train.batch_size).lines():
         print(f"  {line}")
     components = load_components(config.model, **config.model_options)
+    from sdlora.train.optim import check_optimizer
+    from sdlora.train.recipe import check_recipe
+
+    check_recipe(config, components)  # combinations that cannot work with this model, as training refuses them
+    check_optimizer(config.train)
     modules = add_lora(components.unet, config.network, seed=config.train.seed)
     trainable, total = count_parameters(components.unet)
     te_modules = (add_text_encoder_lora(components.text_encoder, config.network, seed=config.train.seed)
