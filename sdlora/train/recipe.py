@@ -33,9 +33,9 @@ def apply_zero_terminal_snr(components) -> None:
     samplers are built from this config, so samples use the same schedule."""
     from diffusers import DDPMScheduler
 
-    config = dict(components.noise_scheduler.config)
-    config.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
-    components.noise_scheduler = DDPMScheduler.from_config(config)
+    # As keyword arguments: from_config drops keys of the config that the model left at their defaults.
+    components.noise_scheduler = DDPMScheduler.from_config(components.noise_scheduler.config,
+                                                           rescale_betas_zero_snr=True, timestep_spacing="trailing")
 
 
 def guidance_rescale(config: Config) -> float:
