@@ -124,3 +124,19 @@ def test_standard_only_options_are_refused_with_mode_lcm(key, value):
     with pytest.raises(SdloraError) as err:
         config_from_dict({"mode": "lcm", section: {name: value}})
     assert key in str(err.value) and "mode" in str(err.value)
+
+
+@pytest.mark.slow
+def test_prodigy_lowers_the_loss_with_its_default_lr(shapes_dir, tmp_path):
+    from test_trainer import fixed_batch_loss, make_config
+
+    config = config_from_dict({**make_config(shapes_dir, tmp_path / "out", steps=10).to_dict(),
+                               "train": {"steps": 10, "batch_size": 4, "seed": 3, "optimizer": "prodigy"}})
+    assert config.train.lr == 1.0  # the default for prodigy: a multiplier of its own step-size estimate
+    trainer = Trainer(config, new_run(config), EventBus())
+    trainer.setup()
+    before = fixed_batch_loss(trainer)
+    assert trainer.run().status == "done"
+    after = fixed_batch_loss(trainer)
+    # Measured: 0.0354 -> 0.0324 (-8.5%) in 10 steps; AdamW at its default lr 1e-4: -4.3%.
+    assert after < before * 0.95, (before, after)
