@@ -82,7 +82,8 @@ class NetworkConfig:
     targets: list[str] = opt(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
                              help="UNet module name suffixes that get a LoRA")
     text_encoder: bool = opt(False, help="also train a LoRA on the text encoder (its attention q/k/v/out_proj and "
-                                         "MLP fc1/fc2, as kohya does; lr: train.text_encoder_lr); SD 1.x/2.x only")
+                                         "MLP fc1/fc2, as kohya does; lr: train.text_encoder_lr); SDXL: both "
+                                         "encoders (lora_te1_, lora_te2_)")
     block_lr: BlockLrConfig = opt(default_factory=BlockLrConfig,
                                   help="learning-rate multipliers of the UNet's stages (kohya's down/mid/up lr weight)")
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import torch
 
 from sdlora.config import Config
-from sdlora.errors import SdloraError
 from sdlora.network import add_lora, add_text_encoder_lora
 
 # The UNet blocks kohya's own loader (sd-scripts networks/lora.py) builds LoRA modules in: attention
@@ -60,8 +59,6 @@ def setup_model(config: Config, dtype: torch.dtype = torch.float32) -> ModelSetu
     for module in (components.vae, components.text_encoder, components.text_encoder_2):
         if module is not None:  # text_encoder_2: SDXL only. Frozen; a text-encoder LoRA below adds trainables
             module.requires_grad_(False).eval()
-    if config.network.text_encoder and components.family == "sdxl":
-        raise SdloraError("network.text_encoder: not supported for SDXL yet; set it false")
     target_modules = add_lora(components.unet, config.network, seed=config.train.seed)
     skipped = kohya_skipped(target_modules)
     if skipped:

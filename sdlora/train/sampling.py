@@ -38,7 +38,8 @@ def sample_images(components, unet, sample: SampleConfig, resolution: int, folde
     # SDXL's VAE overflows in fp16 (force_upcast): under fp16 autocast it would decode to NaN (black samples).
     fp32_decode = dtype == torch.float16 and getattr(components.vae.config, "force_upcast", False)
     # No LoRA dropout in samples; the text encoder is the live one, with its LoRA when network.text_encoder is on.
-    modes = {module: module.training for module in (unet, components.text_encoder)}
+    modes = {module: module.training for module in (unet, components.text_encoder, components.text_encoder_2)
+             if module is not None}
     for module in modes:
         module.eval()
     paths = []
