@@ -51,3 +51,13 @@ def test_validation_without_a_validation_set_is_an_error():
         config_from_dict({"train": {"validate_every": 10}})
     with pytest.raises(SdloraError, match="data.validation_split and data.validation_dir"):
         config_from_dict({"data": {"validation_split": 0.1, "validation_dir": "x"}})
+
+
+def test_the_console_prints_validation_events():
+    import io
+
+    from sdlora.events import ConsoleReporter, EventBus
+
+    stream = io.StringIO()
+    EventBus([ConsoleReporter(stream=stream, bar=False)]).emit("validation", step=20, loss=0.125, best=True)
+    assert stream.getvalue() == "step 20: validation loss 0.125 (lowest so far)\n"
