@@ -369,6 +369,13 @@ def _recipe_checks(cfg: Config) -> None:
         raise SdloraError(f"train.scheduler: {train.scheduler!r} cannot be used with train.optimizer "
                           f"adamw_schedulefree (it replaces the schedule; its warm-up is train.warmup_steps); set "
                           f"train.scheduler constant")
+    block_lr = cfg.network.block_lr
+    group_lrs = {train.lr * m for m in (block_lr.down, block_lr.mid, block_lr.up) if m}
+    if cfg.network.text_encoder and train.effective_text_encoder_lr:
+        group_lrs.add(train.effective_text_encoder_lr)
+    if train.optimizer == "prodigy" and len(group_lrs) > 1:
+        raise SdloraError("network.block_lr / train.text_encoder_lr: train.optimizer prodigy takes one lr for all "
+                          "parameter groups (or 0 to freeze one); use multipliers of 0 or 1, or another optimizer")
     if data.validation_dir and data.validation_split:
         raise SdloraError("data.validation_split and data.validation_dir: give one of them, not both")
     if train.validate_every and not (data.validation_dir or data.validation_split):

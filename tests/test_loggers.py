@@ -26,3 +26,52 @@ def test_tensorboard_logs_are_readable_by_tensorboard(shapes_dir, tmp_path):
     assert [(s.step, round(s.value, 6)) for s in accumulator.Scalars("validation_loss")] == \
         [(s, round(v, 6)) for s, v in validation]
     assert "sample/00" in tags["images"]
+
+
+def test_wandb_gets_the_same_numbers_offline(tmp_path, monkeypatch):
+    """With a stand-in `wandb` module (the package is optional): init offline in the run folder, one log call
+    per event with the event's numbers, finish on close."""
+    import sys
+    import types
+
+    from sdlora.config import Config
+    from sdlora.train.loggers import make_logger
+
+    calls = []
+
+    class Run:
+        def log(self, values, step):
+            calls.append(("log", values, step))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    fake = types.SimpleNamespace(init=lambda **kw: calls.append(("init", kw)) or Run(), Image=lambda p: ("image", p))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    config = Config(name="w")
+    config.train.log_with = "wandb"
+    logger = make_logger(config, tmp_path)
+    logger({"event": "step", "step": 3, "loss": 0.5, "lr": 1e-4})
+    logger({"event": "validation", "step": 3, "loss": 0.25})
+    logger({"event": "sample", "step": 3, "images": ["a.png"]})
+    logger.close()
+    assert calls[0][0] == "init" and calls[0][1]["mode"] == "offline" and calls[0][1]["dir"] == str(tmp_path)
+    assert calls[1:] == [("log", {"loss": 0.5, "lr": 1e-4}, 3), ("log", {"validation_loss": 0.25}, 3),
+                         ("log", {"samples": [("image", "a.png")]}, 3), ("finish",)]
+
+
+def test_wandb_missing_is_a_one_line_error(monkeypatch):
+    import sys
+
+    import pytest
+
+    from sdlora.config import Config
+    from sdlora.errors import SdloraError
+    from sdlora.train.loggers import make_logger
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    config = Config()
+    config.train.log_with = "wandb"
+    with pytest.raises(SdloraError, match="train.log_with: wandb is not installed; pip install wandb"):
+        make_logger(config, __import__("pathlib").Path("."))

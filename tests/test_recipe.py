@@ -117,6 +117,13 @@ def test_zero_terminal_snr_trains_a_v_model_and_samples_with_rescaled_guidance(s
     assert seen == {"rescale": 0.7, "ab_T": 0.0}
 
 
+def test_prodigy_refuses_different_stage_learning_rates_naming_both_keys():
+    with pytest.raises(SdloraError) as err:
+        config_from_dict({"train": {"optimizer": "prodigy"}, "network": {"block_lr": {"up": 0.5}}})
+    assert "network.block_lr" in str(err.value) and "prodigy" in str(err.value)
+    config_from_dict({"train": {"optimizer": "prodigy"}, "network": {"block_lr": {"up": 0.0}}})  # 0 freezes: fine
+
+
 @pytest.mark.parametrize("key,value", [("train.loss", "l1"), ("data.masks", "alpha"),
                                        ("train.timestep_sampling", "logit_normal")])
 def test_standard_only_options_are_refused_with_mode_lcm(key, value):
@@ -140,3 +147,41 @@ def test_prodigy_lowers_the_loss_with_its_default_lr(shapes_dir, tmp_path):
     after = fixed_batch_loss(trainer)
     # Measured: 0.0354 -> 0.0324 (-8.5%) in 10 steps; AdamW at its default lr 1e-4: -4.3%.
     assert after < before * 0.95, (before, after)
+
+
+@pytest.mark.slow
+def test_the_cli_trains_with_the_recipe_options_and_writes_their_files(shapes_dir, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    preset = tmp_path / "recipe.yaml"
+    preset.write_text(f"""
+name: rc
+model: tiny
+data: {{dir: {shapes_dir}, resolution: 64, validation_split: 0.25}}
+network: {{rank: 4}}
+train: {{steps: 4, batch_size: 2, optimizer: prodigy, optimizer_args: {{d_coef: 2}}, scheduler: cosine_with_restarts,
+        lr_cycles: 2, loss: huber, timestep_sampling: logit_normal, ip_noise_gamma: 0.1, ema: true,
+        validate_every: 2, log_with: tensorboard}}
+save: {{every: 2, output_dir: {tmp_path / 'outputs'}}}
+""", encoding="utf-8")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "sdlora.cli", "train", "--preset", str(preset)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "outputs" / "rc"
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "validation"] == [0, 2, 4]
+    assert "step 4: validation loss" in proc.stderr
+    for name in ("rc.safetensors", "rc-ema.safetensors", "checkpoints/best.json",
+                 "checkpoints/step-000004/ema_state.safetensors"):
+        assert (run / name).is_file(), name
+    assert list((run / "logs").glob("events.out.tfevents.*"))
+    from safetensors import safe_open
+
+    with safe_open(str(run / "rc.safetensors"), "pt") as fh:
+        meta = fh.metadata()
+    assert meta["ss_optimizer"] == "prodigy" and meta["ss_loss_type"] == "huber"
+    assert json.loads(meta["ss_optimizer_args"]) == {"d_coef": 2}
