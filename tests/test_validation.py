@@ -25,7 +25,7 @@ def test_validation_split_is_deterministic_and_disjoint(shapes_dir):
 
 
 def test_two_runs_with_the_same_seed_give_identical_validation_losses(shapes_dir, tmp_path):
-    val_dir = make_shape_folder(tmp_path / "val", count=3, seed=7)
+    val_dir = make_shape_folder(tmp_path / "val", count=2, seed=7)
     curves = []
     for name in ("a", "b"):
         config = recipe_config(shapes_dir, tmp_path / "out", name=name, steps=4, validate_every=2,
@@ -61,3 +61,19 @@ def test_the_console_prints_validation_events():
     stream = io.StringIO()
     EventBus([ConsoleReporter(stream=stream, bar=False)]).emit("validation", step=20, loss=0.125, best=True)
     assert stream.getvalue() == "step 20: validation loss 0.125 (lowest so far)\n"
+
+
+def test_the_best_checkpoint_survives_pruning(shapes_dir, tmp_path, monkeypatch):
+    from sdlora.train.validation import Validator
+
+    planned = iter([0.5, 0.1, 0.3, 0.4])  # validation losses at steps 0, 2, 4, 6: step 2 is the best
+    monkeypatch.setattr(Validator, "__call__", lambda self, unet, autocast: next(planned))
+    config = recipe_config(shapes_dir, tmp_path / "out", steps=6, validate_every=2,
+                           data={"validation_split": 0.25})
+    config.save.every, config.save.keep_checkpoints = 2, 1
+    _, _, events = train_run(config)
+    checkpoints = tmp_path / "out" / "r" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-000002", "step-000006"]
+    assert json.loads((checkpoints / "best.json").read_text())["step"] == 2
+    marks = [(e["step"], e.get("best")) for e in events if e["event"] == "checkpoint"]
+    assert marks == [(2, True), (4, False), (6, False)]

@@ -169,6 +169,12 @@ def mark_best(checkpoints: Path, path: Path | None, validator, step: int) -> dic
     return {"validation_loss": round(loss, 6), "best": best}
 
 
+def best_checkpoint(checkpoints: Path) -> Path | None:
+    """The checkpoint best.json names (kept when older ones are pruned), or None."""
+    best_file = checkpoints / BEST_FILE
+    return Path(json.loads(best_file.read_text(encoding="utf-8"))["path"]) if best_file.is_file() else None
+
+
 def resume(checkpoint: Path, ema, validator, events) -> None:
     """Restore the EMA state and the validation history kept with a checkpoint."""
     if ema is not None:

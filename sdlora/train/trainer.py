@@ -226,7 +226,8 @@ class Trainer:
         path = save_checkpoint(self.paths.checkpoints, step, adapter, self.optimizer, self.lr_scheduler, bad_steps,
                                extra_files={name: lambda p: self.save_adapter(p, step),
                                             **recipe.checkpoint_files(self.ema, self.validator, step)},
-                               keep=self.config.save.keep_checkpoints)
+                               keep=self.config.save.keep_checkpoints,
+                               keep_also=recipe.best_checkpoint(self.paths.checkpoints))
         best = recipe.mark_best(self.paths.checkpoints, path, self.validator, step)
         self.events.emit("checkpoint", step=step, total_steps=self.train_cfg.steps, path=path, **best)
         return path

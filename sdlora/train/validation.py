@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import warnings
 
 import torch
 
@@ -55,7 +56,10 @@ def split_validation(dataset: TrainDataset, config: Config) -> tuple[TrainDatase
     val_index = dataclasses.replace(index, config=_plain(config), problems=[],
                                     entries=[dataclasses.replace(e, repeats=1) for e in train_entries
                                              if e.path in held])
-    return TrainDataset(kept), TrainDataset(val_index)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the training set's mask warnings were given when it was first built
+        train = TrainDataset(kept)
+    return train, TrainDataset(val_index)
 
 
 class Validator:
