@@ -18,7 +18,8 @@ from sdlora import __version__
 from sdlora.errors import SdloraError
 
 # Subcommand modules, in the order `sdlora --help` lists them.
-COMMAND_MODULES = ["train", "generate", "inspect", "convert", "merge", "resize", "dataset", "models"]
+COMMAND_MODULES = ["train", "generate", "inspect", "convert", "merge", "resize", "dataset", "models", "caption",
+                   "queue"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,8 @@ from sdlora.train.checkpoint import list_checkpoints, load_checkpoint, save_chec
 from sdlora.train.compiled import compile_step_model, mark_step_begin, use_compile, use_cuda_graphs
 from sdlora.train.distributed import GradientSync, any_process, is_distributed, mean_across_processes
 from sdlora.train.encode import BatchEncoder, set_vae_memory
+from sdlora.train.fp8 import check_fp8_supported, convert_frozen_linears
+from sdlora.train.memory import memory_watch
 from sdlora.train.metadata import adapter_metadata
 from sdlora.train.model_setup import setup_model
 from sdlora.train.objective import make_objective
@@ -115,6 +117,8 @@ class Trainer:
         self.dtype = DTYPES[config.train.mixed_precision]
         if self.device.type == "cpu" and self.dtype == torch.float16:
             raise SdloraError("train.mixed_precision: fp16 needs a GPU; use bf16 or no on the CPU")
+        if config.train.base_precision == "fp8":
+            check_fp8_supported(self.device, config.train.mixed_precision)
 
     # ------------------------------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -152,6 +156,9 @@ class Trainer:
         if cfg.train.gradient_checkpointing:
             c.unet.enable_gradient_checkpointing()
         c.unet.to(self.device).train()
+        if cfg.train.base_precision == "fp8":  # the LoRA is in (setup_model): peft's frozen base layers go float8
+            convert_frozen_linears(c.unet)
+        self.memory_watch = memory_watch(self.device, cfg.train)
         # network.text_encoder: each text encoder with a LoRA trains in train mode (LoRA dropout as in the UNet).
         for module in self.text_encoders.values():
             module.to(self.device).train()
@@ -261,6 +268,9 @@ class Trainer:
         now = time.perf_counter()
         rate = round(samples_per_step * len(pending) / max(now - self.window_start, 1e-9), 3)
         self.window_start = now
+        memory_message = self.memory_watch.check(pending[-1][0]) if self.memory_watch is not None else None
+        if memory_message:
+            self.events.emit("warning", step=pending[-1][0], message=memory_message)
         lr = self.lr_scheduler.get_last_lr()[0]
         for (step, _), value in zip(pending, values):
             if not math.isfinite(value):
