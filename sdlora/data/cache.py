@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sdlora.atomic import atomic_path
+from sdlora.hashing import sha256_text
 from sdlora.data.captions import fixed_captions
 from sdlora.data.dataset import to_tensor
 from sdlora.data.images import crop_geometry, load_cropped
@@ -58,10 +59,6 @@ def tokenizer_identity(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer: vocabulary and merges as JSON
     digest.update((backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))).encode())
     return digest.hexdigest()
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class FeatureStore:
