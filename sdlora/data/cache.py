@@ -36,8 +36,7 @@ from safetensors.torch import load_file, save_file
 from sdlora.atomic import atomic_path
 from sdlora.hashing import sha256_text
 from sdlora.data.captions import fixed_captions
-from sdlora.data.dataset import to_tensor
-from sdlora.data.images import crop_geometry, load_cropped
+from sdlora.data.images import crop_geometry, load_cropped, to_tensor
 
 RECIPE = "sdlora-pixels-1"
 LATENT_BATCH = 4  # images per VAE call while filling: fits SD at 1024 px in a few GB
@@ -104,7 +103,7 @@ class FeatureCache:
     """The dataset's view of the cache: fill it from a `BatchEncoder`, then look samples up by content."""
 
     def __init__(self, mode: str, encoder, root: Path | None = None):
-        from sdlora.models.registry import cache_dir
+        from sdlora.userdata import cache_dir
 
         self.mode = mode
         self.shift, self.scaling = float(encoder.shift), float(encoder.scaling)

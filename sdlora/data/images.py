@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sdlora.hashing import sha256_bytes
@@ -159,3 +160,8 @@ def describe_size(size: tuple[int, int]) -> str:
     """(h, w) -> "WxH", the way people write image sizes."""
     return f"{size[1]}x{size[0]}"
 
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB -> float tensor [3, H, W] in [-1, 1], as the VAE expects."""
+    array = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()

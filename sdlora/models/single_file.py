@@ -37,7 +37,7 @@ from sdlora.models import ldm_configs as cfgs
 from sdlora.hashing import file_sha256
 from sdlora.models.checkpoint_file import PICKLE_SUFFIXES, read_checkpoint
 from sdlora.models.family import check_override, parse_family
-from sdlora.models.registry import cache_dir
+from sdlora.userdata import cache_dir
 from sdlora.models.storage import hub_key
 
 CONVERTER_VERSION = "1"
@@ -325,7 +325,7 @@ def read_checkpoint_vae(path: Path):
 def _write_scheduler(folder: Path, family: str, prediction: str) -> None:
     from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
-    from sdlora.models.tiny import SD_SCHEDULER
+    from sdlora.models.ldm_configs import SD_SCHEDULER
 
     if family == "sdxl":  # SDXL base's own scheduler config
         scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
