@@ -34,3 +34,9 @@ def test_the_loss_chart_draws_raw_smoothed_and_lr_curves():
 def test_bars_have_one_row_per_layer():
     svg = bar_chart([("a", 1.0, 2), ("b", 0.5, 4)], "layers", "|dW|", "eff. rank")
     assert 'data-rows="2"' in svg and svg.count("<rect") == 4
+
+
+def test_the_validation_loss_is_drawn_on_the_loss_axis():
+    svg = loss_chart([(s, 1.0) for s in range(1, 11)], validation=[(5, 2.0), (10, 1.5)])
+    assert svg.count('class="validation-point"') == 2 and "validation</text>" in svg
+    assert 'class="validation"' not in loss_chart([(1, 1.0), (2, 0.5)])

@@ -109,3 +109,16 @@ def test_a_saved_preset_names_folders_inside_the_project_relative_to_it(tmp_path
     raw = yaml.safe_load(preset_yaml(config, fields, project=project))
     assert raw["data"] == {"dir": "data", "reg_dir": "data/reg"}
     assert raw["vae"] == str(tmp_path / "elsewhere" / "vae.safetensors")  # outside the project: kept as given
+
+
+def test_mapping_options_round_trip_through_the_form():
+    fields = config_fields()
+    config = config_from_dict({"train": {"optimizer": "came", "optimizer_args": {"clip_threshold": 2.0,
+                                                                                 "eps": [1e-30, 1e-16]}},
+                               "network": {"block_lr": {"up": 0.5}}})
+    widgets = config_to_widgets(fields, config)
+    index = [f.key for f in fields].index("train.optimizer_args")
+    assert widgets[index] == "{clip_threshold: 2.0, eps: [1.0e-30, 1.0e-16]}"
+    assert widgets_to_config(fields, widgets) == config
+    assert 'train.optimizer_args={"clip_threshold": 2.0, "eps": [1e-30, 1e-16]}' in overrides(Config(), config, fields)
+    assert "network.block_lr.up=0.5" in overrides(Config(), config, fields)

@@ -61,6 +61,9 @@ def build_app(ctx: AppContext):
                 adapters_tab.build(ctx)
         # The data check follows the preset picked for training (its resolution and upscaling).
         train.preset.change(lambda name: name, [train.preset], [dataset.check_preset], show_progress="hidden")
+        from ui import api
+
+        api.register(ctx)  # /gradio_api: generation with any adapter mix, concurrent calls batched together
     return app
 
 

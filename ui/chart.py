@@ -48,15 +48,17 @@ def _fmt(v: float) -> str:
 
 
 def loss_chart(losses: list[tuple[int, float]], lrs: list[tuple[int, float]] | None = None,
-               title: str = "Loss") -> str:
-    """Raw loss (thin), its moving average (thick) and the learning rate (dashed, right axis) over steps."""
+               title: str = "Loss", validation: list[tuple[int, float]] | None = None) -> str:
+    """Raw loss (thin), its moving average (thick), the validation loss (dots, same axis) and the learning rate
+    (dashed, right axis) over steps."""
     if not losses:
         return (f'<svg class="sdlora-chart" viewBox="0 0 {W} {H}" data-points="0"><text x="{W / 2}" y="{H / 2}" '
                 f'text-anchor="middle" fill="#888">{html.escape(title)}: no steps yet</text></svg>')
     steps = [s for s, _ in losses]
     values = [v for _, v in losses]
+    validation = validation or []
     x0, x1 = min(steps), max(max(steps), min(steps) + 1)
-    y0, y1 = min(values), max(values)
+    y0, y1 = min(values + [v for _, v in validation]), max(values + [v for _, v in validation])
     if y1 - y0 < 1e-12:
         y0, y1 = y0 - 0.5 * (abs(y0) or 1), y1 + 0.5 * (abs(y1) or 1)
     px = lambda s: PAD_L + (s - x0) / (x1 - x0) * (W - PAD_L - PAD_R)  # noqa: E731
@@ -79,6 +81,11 @@ def loss_chart(losses: list[tuple[int, float]], lrs: list[tuple[int, float]] | N
     smooth = moving_average(values, window)
     out.append(_polyline([(px(s), py(v)) for s, v in zip(steps, smooth)], "#1f6fd1", 2.2, "smoothed"))
     legend = [("#9ab", "loss"), ("#1f6fd1", f"mean of {window}")]
+    if validation:
+        out.append(_polyline([(px(s), py(v)) for s, v in validation], "#2a9d4b", 1.5, "validation"))
+        out += [f'<circle class="validation-point" cx="{px(s):.1f}" cy="{py(v):.1f}" r="3" fill="#2a9d4b"/>'
+                for s, v in validation]
+        legend.append(("#2a9d4b", "validation"))
     if lrs:
         l0, l1 = min(v for _, v in lrs), max(v for _, v in lrs)
         if l1 - l0 < 1e-15:

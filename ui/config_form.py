@@ -29,7 +29,7 @@ MAIN_KEYS = ["name", "model", "data.dir", "mode", "network.rank", "network.alpha
 @dataclass(frozen=True)
 class Field:
     key: str  # dotted, as in presets and --set
-    kind: str  # "choice" | "bool" | "int" | "float" | "str" | "list"
+    kind: str  # "choice" | "bool" | "int" | "float" | "str" | "list" | "mapping"
     help: str
     default: Any
     choices: tuple = ()
@@ -57,6 +57,8 @@ def _field_of(key: str, tp: Any, f: dataclasses.Field) -> Field:
         return Field(kind="choice", choices=typing.get_args(tp), **common)
     if origin is list:
         return Field(kind="list", **common)
+    if origin is dict:
+        return Field(kind="mapping", **common)
     kind = {bool: "bool", int: "int", float: "float"}.get(tp, "str")
     return Field(kind=kind, **common)
 
@@ -85,6 +87,8 @@ def to_widget(field: Field, value: Any) -> Any:
     """A config value as its widget shows it: lists one item a line, numbers as they are."""
     if field.kind == "list":
         return "\n".join(str(v) for v in value or [])
+    if field.kind == "mapping":  # one line of YAML flow style: {d_coef: 2, safeguard_warmup: true}
+        return yaml.safe_dump(dict(value), default_flow_style=True, sort_keys=False).strip() if value else ""
     if field.kind in ("int", "float"):
         # A text box, read strictly (ui.fields): empty means "not set" where that is allowed (0 would not), and
         # an error otherwise; a browser number box would hand over "40O" as 40 and an empty box as the default.
@@ -98,6 +102,11 @@ def from_widget(field: Field, value: Any) -> Any:
         return [line.strip() for line in str(value or "").splitlines() if line.strip()]
     if field.kind in ("int", "float"):
         return parse_number(value, field.key, field.kind, optional=field.optional)
+    if field.kind == "mapping":
+        try:
+            return yaml.safe_load(str(value or "")) or {}
+        except yaml.YAMLError:
+            return str(value)  # let validation name the key
     if value is None or (isinstance(value, str) and not value.strip() and field.kind != "str"):
         return None if field.optional else field.default
     return value

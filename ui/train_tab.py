@@ -306,7 +306,7 @@ def build(ctx: AppContext, app: gr.Blocks | None = None) -> TrainTab:
         live = going and mine or (run_dir is not None and seems_alive(run_dir, events))
         idle = gr.update(interactive=not going)
         return [status_markdown(view, run_dir, ctx.runner, events), view.progress_html(),
-                loss_chart(view.losses, view.lrs),
+                loss_chart(view.losses, view.lrs, validation=view.validation),
                 gallery, log_text, idle, idle, idle, idle, sheet_html(view.history),
                 gr.update(interactive=bool(live)), gr.update(interactive=bool(live)), table, choices, new_sig,
                 new_tsig]
