@@ -152,14 +152,13 @@ def build(ctx: AppContext, engine: PreviewEngine | None = None) -> PreviewTab:
     refresh.click(lambda cur: gr.update(choices=find_adapters(ctx), value=[c for c in cur or []
                                                                          if c in find_adapters(ctx)]),
                   [picked], [picked])
-    return PreviewTab(model=model, vae=vae, adapters=picked, prompt=prompt, negative=negative, seed=seed, steps=steps,
-                      guidance=guidance, width=width, height=height, scheduler=scheduler, engine=engine)
-
     from ui import compare_view  # the Compare view: a run's checkpoints x weights x prompts as one grid
 
     with gr.Accordion("Compare: checkpoints x weights x prompts", open=False, elem_id="pv-compare"):
         compare_view.build(ctx, generate_inputs=dict(model=model, adapters=picked, prompt=prompt, seed=seed,
                                                      steps=steps, guidance=guidance))
+    return PreviewTab(model=model, vae=vae, adapters=picked, prompt=prompt, negative=negative, seed=seed, steps=steps,
+                      guidance=guidance, width=width, height=height, scheduler=scheduler, engine=engine)
 
 
 def _model(ctx: AppContext, ref: str | None) -> str:
