@@ -36,20 +36,17 @@ def merge_into(pipe: Any, adapters: Iterable[tuple[Adapter, float]], sources: li
     """Add weight·dW of every layer of every adapter into `pipe`'s base weights, in place; returns layers merged.
 
     The sum is formed in fp32 and cast once to the weight's dtype, so a fp16 model is rounded once, not per
-    adapter. Raises `SdloraError` when a layer does not exist in the model or has another shape.
+    adapter. Every adapter goes through `sdlora.adapters.check` first: non-finite values, a layer of another shape
+    or no layer in the model are `SdloraError`s; layers the model lacks are left out with a warning.
     """
+    from sdlora.adapters.check import check_fit, check_values
+
     deltas: dict[str, torch.Tensor] = {}
     for i, (adapter, weight) in enumerate(adapters):
         source = sources[i] if sources else "adapter"
-        for name, layer in adapter.layers.items():
-            module = find_module(pipe, name)
-            if module is None or not hasattr(module, "weight"):
-                raise SdloraError(f"{source}: layer {name} is not in this model; the adapter was made for "
-                                  f"another base model")
-            delta = weight * layer.delta_weight()
-            if delta.shape != module.weight.shape:
-                raise SdloraError(f"{source}: layer {name} has shape {tuple(delta.shape)} but the model's weight is "
-                                  f"{tuple(module.weight.shape)}; the adapter was made for another base model")
+        check_values(adapter, source)
+        for name in check_fit(adapter, pipe, source).matched:  # layers the model lacks: a warning, left out
+            delta = weight * adapter.layers[name].delta_weight()
             deltas[name] = deltas[name] + delta if name in deltas else delta
     with torch.no_grad():
         for name, delta in deltas.items():

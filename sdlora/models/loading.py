@@ -23,6 +23,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 def _quiet_libraries() -> None:
     """Our own events report progress; the libraries' per-file loading bars and notices are noise here."""
+    from sdlora.quiet import import_bitsandbytes_quietly
+
+    import_bitsandbytes_quietly()  # before diffusers imports it and it prints an unrelated "kernels" notice
     import diffusers
     import transformers
 
@@ -78,6 +81,9 @@ def resolve_model(ref: str, *, family: str = "auto", allow_pickle: bool = False,
     """
     builtins = builtin_models()
     if ref in builtins:
+        if vae:  # the built-in model has its own VAE; taking the option silently would hide a mistake
+            raise SdloraError(f"vae: applies to single-file checkpoints; the built-in model '{ref}' has its own VAE "
+                              f"(leave vae empty)")
         return builtins[ref].ensure()
     path = Path(ref).expanduser()
     if not path.exists():
