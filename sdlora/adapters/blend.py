@@ -111,7 +111,8 @@ class AdapterBlender:
                 return cached
         found = read_adapter_file(path)  # checks the file and says what it is when it is not a SD LoRA
         self._check_family(found)
-        fit = check_fit(found.adapter, self.pipe, str(path))  # shapes; layers the model lacks: a warning
+        # Shapes against the model; layers the model lacks (or the reader could not place): a warning.
+        fit = check_fit(found.adapter, self.pipe, str(path), skipped_keys=found.skipped_keys)
         adapter = only(found.adapter, fit.matched)
         sha = file_sha256(found.path)
         if sha in self.adapters:

@@ -74,12 +74,16 @@ class Fit:
                 f"(e.g. {self.unmatched[0]}); was it made for another base model?")
 
 
-def check_fit(adapter: Adapter, pipe: Any, source: str, warn: bool = True) -> Fit:
+def check_fit(adapter: Adapter, pipe: Any, source: str, warn: bool = True, skipped_keys: list[str] = ()) -> Fit:
     """Check each layer against `pipe`'s modules: a shape that differs, or no layer in the model at all, is a
-    `SdloraError`; layers the model lacks are counted (and, with `warn`, reported through `warnings.warn`)."""
+    `SdloraError`; layers the model lacks are counted (and, with `warn`, reported through `warnings.warn`).
+
+    `skipped_keys`: keys the file reader could not map to a module of an SD model (`AdapterFile.skipped_keys`);
+    their layers count as layers the model lacks.
+    """
     from sdlora.adapters.merge import find_module
 
-    fit = Fit()
+    fit = Fit(unmatched=list(dict.fromkeys(key.split(".", 1)[0] for key in skipped_keys)))
     for name, layer in adapter.layers.items():
         module = find_module(pipe, name)
         weight = getattr(module, "weight", None) if module is not None else None

@@ -78,13 +78,19 @@ def save_pipeline_atomically(pipe: Any, out_dir: Path | str) -> Path:
 def merge(model: str, loras: Iterable[tuple[Path | str, float]], out_dir: Path | str) -> Path:
     """Load `model` ('tiny' or a diffusers folder), merge the weighted LoRA files, save a diffusers folder."""
     from sdlora.adapters.blend import check_weight
-    from sdlora.adapters.io import load_adapter
+    from sdlora.adapters.check import check_fit, only
+    from sdlora.adapters.io import read_adapter_file
     from sdlora.models.loading import load_pipeline
 
     loras = list(loras)
     if not loras:
         raise SdloraError("merge: no LoRA given; name at least one with --lora FILE[:WEIGHT]")
-    pairs = [(load_adapter(path), check_weight(weight, str(path))) for path, weight in loras]
+    found = [(read_adapter_file(path), check_weight(weight, str(path))) for path, weight in loras]
     pipe = load_pipeline(model)
+    pairs = []
+    for (path, _), (file, weight) in zip(loras, found):
+        # Layers the model lacks, or that the reader could not place, are left out with one warning per file.
+        fit = check_fit(file.adapter, pipe, str(path), skipped_keys=file.skipped_keys)
+        pairs.append((only(file.adapter, fit.matched), weight))
     merge_into(pipe, pairs, sources=[str(path) for path, _ in loras])
     return save_pipeline_atomically(pipe, out_dir)
