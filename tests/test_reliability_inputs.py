@@ -231,7 +231,8 @@ def test_checkpoint_files_are_fsynced_before_the_rename(tmp_path, monkeypatch):
     log: list[tuple[str, Path]] = []
     real_fsync, real_rename = ckpt._fsync, Path.rename
     monkeypatch.setattr(ckpt, "_fsync", lambda path: (log.append(("fsync", Path(path))), real_fsync(path)))
-    monkeypatch.setattr(Path, "rename", lambda self, target: (log.append(("rename", self)), real_rename(self, target))[1])
+    monkeypatch.setattr(Path, "rename",
+                        lambda self, target: (log.append(("rename", self)), real_rename(self, target))[1])
     params = [torch.nn.Parameter(torch.zeros(2))]
     optimizer = torch.optim.AdamW(params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)

@@ -52,7 +52,8 @@ def save_adapter(adapter: Adapter, path: Path | str, fmt: str = "kohya", dtype: 
     if not adapter.layers:
         raise SdloraError(f"{path}: the adapter has no layers; nothing to save")
     if Path(path).is_dir():
-        raise SdloraError(f"{path}: is a folder; give the adapter file to write, e.g. {Path(path) / 'lora.safetensors'}")
+        raise SdloraError(f"{path}: is a folder; give the adapter file to write, e.g. "
+                          f"{Path(path) / 'lora.safetensors'}")
     torch_dtype = formats.DTYPES[dtype] if dtype else None
     metadata = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in adapter.metadata.items()}
     metadata.pop(PEFT_METADATA_KEY, None)  # stale from a diffusers file; a kohya file must not carry it
