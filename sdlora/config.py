@@ -131,7 +131,9 @@ class SampleConfig:
 @dataclass
 class SaveConfig:
     every: int = opt(0, min=0, max=10_000_000, help="checkpoint every N steps (0: only at the end)")
-    format: Literal["kohya", "diffusers"] = opt("kohya", help="adapter key format")
+    format: Literal["kohya", "diffusers"] = opt(
+        "kohya", help="adapter key format: kohya loads in A1111/Forge, ComfyUI, InvokeAI, kohya's tools and diffusers; "
+                      "diffusers (PEFT keys) in diffusers/PEFT scripts only")
     dtype: Literal["fp32", "fp16", "bf16"] = opt("fp32", help="adapter tensor precision")
     keep_checkpoints: int = opt(3, min=1, max=1000, help="newest checkpoints kept on disk")
     output_dir: str = opt("outputs", help="folder that holds run folders")

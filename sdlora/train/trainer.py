@@ -22,14 +22,14 @@ from sdlora.diskspace import reporting_disk_full
 from sdlora.data import SampleKey, TrainDataset, build_dataset, collate
 from sdlora.errors import SdloraError
 from sdlora.events import EventBus
-from sdlora.network import (add_lora, add_text_encoder_lora, count_parameters, extract_adapter, load_into,
-                             lora_parameters)
+from sdlora.network import count_parameters, extract_adapter, load_into, lora_parameters
 from sdlora.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from sdlora.train.compiled import compile_step_model, mark_step_begin, use_compile, use_cuda_graphs
 from sdlora.train.distributed import GradientSync, any_process, is_distributed, mean_across_processes
 from sdlora.train.encode import BatchEncoder, set_vae_memory
 from sdlora.train.killpoints import kill_point
 from sdlora.train.metadata import adapter_metadata
+from sdlora.train.model_setup import setup_model
 from sdlora.train.objective import make_objective
 from sdlora.train.optim import make_lr_scheduler, make_optimizer
 from sdlora.train.rundir import RunPaths
@@ -93,14 +93,6 @@ class MicroBatchPlan:
             index = (epoch + 1) * self.per_epoch
 
 
-def text_encoders(components) -> dict[str, torch.nn.Module]:
-    """The model's text encoders by component name: "text_encoder", and SDXL's "text_encoder_2" when loaded."""
-    encoders = {"text_encoder": components.text_encoder}
-    if components.text_encoder_2 is not None:
-        encoders["text_encoder_2"] = components.text_encoder_2
-    return encoders
-
-
 def collect_warnings(events: EventBus):
     """Route `warnings.warn` from the library (e.g. a missing caption) into `warning` events."""
     @contextlib.contextmanager
@@ -136,8 +128,6 @@ class Trainer:
     def setup(self) -> None:
         from accelerate import Accelerator
 
-        from sdlora.models import load_components
-
         from accelerate.state import AcceleratorState
 
         cfg = self.config
@@ -149,30 +139,27 @@ class Trainer:
         self.device = self.accelerator.device
         with collect_warnings(self.events):
             self.dataset = build_dataset(cfg.data)
-        # Frozen parts live in the training precision: no fp32 copies of the base weights.
-        self.components = load_components(cfg.model, dtype=self.dtype, **cfg.model_options)
+        # Frozen parts live in the training precision: no fp32 copies of the base weights. The same set-up as
+        # --dry-run's (model_setup.py): loading, the config's checks against the model, the LoRA.
+        with collect_warnings(self.events):
+            model = setup_model(cfg, dtype=self.dtype)
+        self.components, self.target_modules, self.text_encoders = (model.components, model.target_modules,
+                                                                    model.text_encoders)
         c = self.components
         for module in (c.vae, c.text_encoder, c.text_encoder_2):
             if module is not None:  # text_encoder_2: SDXL only
-                module.requires_grad_(False).eval().to(self.device)
+                module.to(self.device)
         if self.dtype == torch.float16 and getattr(c.vae.config, "force_upcast", False):
             # SDXL's VAE overflows in fp16 (its config says force_upcast): it encodes in fp32, as diffusers does.
             c.vae.to(torch.float32)
         largest = max(cfg.data.bucket_max, cfg.data.resolution) if cfg.data.buckets else cfg.data.resolution
         set_vae_memory(c.vae, cfg.data.vae_tiling, largest)
-        self.target_modules = add_lora(c.unet, cfg.network, seed=cfg.train.seed)
         if cfg.train.gradient_checkpointing:
             c.unet.enable_gradient_checkpointing()
         c.unet.to(self.device).train()
-        # network.text_encoder: a LoRA on each text encoder, trained in train mode (LoRA dropout as in the UNet).
-        self.text_encoders = {}
-        if cfg.network.text_encoder:
-            if c.family == "sdxl":
-                raise SdloraError("network.text_encoder: not supported for SDXL yet; set it false")
-            self.text_encoders = text_encoders(c)
-            for module in self.text_encoders.values():
-                self.target_modules += add_text_encoder_lora(module, cfg.network, seed=cfg.train.seed)
-                module.to(self.device).train()
+        # network.text_encoder: each text encoder with a LoRA trains in train mode (LoRA dropout as in the UNet).
+        for module in self.text_encoders.values():
+            module.to(self.device).train()
         # One list of all trainable parameters, UNet first: what clipping and GradientSync's flat buffer cover.
         groups = [{"params": lora_parameters(c.unet)}]
         if self.text_encoders:
