@@ -123,7 +123,7 @@ def test_generate_warns_of_layers_the_model_lacks_in_one_line(files, tmp_path):
                            str(tmp_path / "y.png")], capture_output=True, text=True, timeout=300)
     err = proc.stderr
     assert proc.returncode == 0, err
-    warnings = [line for line in err.splitlines() if "warning" in line]
+    warnings = [line for line in err.splitlines() if line.startswith("sdlora generate: warning")]
     assert warnings == [f"sdlora generate: warning: {files['partial']}: 1 of its 4 layers are not in this model and "
                         f"are left out (e.g. lora_unet_no_such_block_to_q); was it made for another base model?"]
     assert (tmp_path / "y.png").is_file()
