@@ -21,7 +21,7 @@ from sdlora.text import printable
 
 # Subcommand modules, in the order `sdlora --help` lists them.
 COMMAND_MODULES = ["train", "generate", "inspect", "convert", "merge", "resize", "dataset", "models", "caption",
-                   "queue"]
+                   "queue", "grid"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,8 +52,9 @@ def preset(tmp_path, shapes_dir) -> Path:
 def test_nan_and_inf_are_out_of_range_for_every_float_key(value):
     assert "train.lr" in FLOAT_KEYS and "network.alpha" not in FLOAT_KEYS  # alpha defaults to None: added below
     for key in FLOAT_KEYS + ["network.alpha", "train.min_snr_gamma", "train.text_encoder_lr"]:
-        section, _, name = key.rpartition(".")
-        raw = {section: {name: float(value.replace(".", ""))}} if section else {name: float(value.replace(".", ""))}
+        raw = float(value.replace(".", ""))
+        for part in reversed(key.split(".")):
+            raw = {part: raw}
         with pytest.raises(SdloraError, match=f"^{key}: .* is out of range"):
             config_from_dict(raw)
 

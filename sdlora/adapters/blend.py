@@ -87,6 +87,26 @@ def parse_lora_spec(spec: str) -> tuple[str, float]:
     return spec, 1.0
 
 
+def sampling_defaults(adapters: list[LoadedAdapter]) -> SamplingDefaults:
+    """Scheduler, steps and guidance for these active adapters: what an LCM one asks for, else the usual ones."""
+    for adapter in adapters:
+        if adapter.is_lcm:
+            meta = adapter.metadata
+            try:
+                options = {}  # absent in files from before these fields: LCMScheduler's defaults (50, 10)
+                if "sdlora_lcm_original_steps" in meta:
+                    options["original_inference_steps"] = int(meta["sdlora_lcm_original_steps"])
+                if "sdlora_lcm_timestep_scaling" in meta:
+                    options["timestep_scaling"] = float(meta["sdlora_lcm_timestep_scaling"])
+                return SamplingDefaults(meta.get("sdlora_lcm_scheduler", "lcm"),
+                                        int(meta.get("sdlora_lcm_steps", 4)),
+                                        float(meta.get("sdlora_lcm_guidance", 1.0)), options)
+            except ValueError:
+                raise SdloraError(f"{adapter.path}: its sdlora_lcm_* metadata (steps, guidance, solver schedule) "
+                                  f"is not a number; fix the metadata or give --steps and --guidance") from None
+    return SamplingDefaults(None, DEFAULT_STEPS, DEFAULT_GUIDANCE)
+
+
 class AdapterBlender:
     """Holds one StableDiffusion(XL)Pipeline and the adapters loaded into it; `set_weights` then `generate`.
 
@@ -161,22 +181,7 @@ class AdapterBlender:
 
     def defaults(self) -> SamplingDefaults:
         """Scheduler, steps and guidance: what an active LCM adapter asks for, else the usual ones."""
-        for adapter in self.active:
-            if adapter.is_lcm:
-                meta = adapter.metadata
-                try:
-                    options = {}  # absent in files from before these fields: LCMScheduler's defaults (50, 10)
-                    if "sdlora_lcm_original_steps" in meta:
-                        options["original_inference_steps"] = int(meta["sdlora_lcm_original_steps"])
-                    if "sdlora_lcm_timestep_scaling" in meta:
-                        options["timestep_scaling"] = float(meta["sdlora_lcm_timestep_scaling"])
-                    return SamplingDefaults(meta.get("sdlora_lcm_scheduler", "lcm"),
-                                            int(meta.get("sdlora_lcm_steps", 4)),
-                                            float(meta.get("sdlora_lcm_guidance", 1.0)), options)
-                except ValueError:
-                    raise SdloraError(f"{adapter.path}: its sdlora_lcm_* metadata (steps, guidance, solver schedule) "
-                                      f"is not a number; fix the metadata or give --steps and --guidance") from None
-        return SamplingDefaults(None, DEFAULT_STEPS, DEFAULT_GUIDANCE)
+        return sampling_defaults(self.active)
 
     def generate(self, prompt: str, *, negative: str | None = None, steps: int | None = None,
                  guidance: float | None = None, seed: int = 0, scheduler: str | None = None,

@@ -58,8 +58,10 @@ def _adapter_from_tensors(tensors: dict[str, torch.Tensor]) -> Adapter:
 
 
 def save_checkpoint(folder: Path, step: int, adapter: Adapter, optimizer, lr_scheduler, bad_steps: int,
-                    extra_files: dict[str, callable] | None = None, keep: int = 3) -> Path:
-    """Write checkpoints/step-N atomically (built as a hidden folder, then renamed); prune old ones."""
+                    extra_files: dict[str, callable] | None = None, keep: int = 3,
+                    keep_also: Path | None = None) -> Path:
+    """Write checkpoints/step-N atomically (built as a hidden folder, then renamed); prune old ones, except
+    `keep_also` (the checkpoint with the lowest validation loss)."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / checkpoint_name(step)
     tmp = folder / f".{checkpoint_name(step)}.tmp"
@@ -70,7 +72,7 @@ def save_checkpoint(folder: Path, step: int, adapter: Adapter, optimizer, lr_sch
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed save (a full disk) must not keep eating the space
         raise
-    return _publish(folder, tmp, final, keep)
+    return _publish(folder, tmp, final, keep, keep_also)
 
 
 def _write_checkpoint(tmp: Path, step: int, adapter: Adapter, optimizer, lr_scheduler, bad_steps: int,
@@ -92,12 +94,14 @@ def _write_checkpoint(tmp: Path, step: int, adapter: Adapter, optimizer, lr_sche
     _fsync(tmp)
 
 
-def _publish(folder: Path, tmp: Path, final: Path, keep: int) -> Path:
+def _publish(folder: Path, tmp: Path, final: Path, keep: int, keep_also: Path | None) -> Path:
     if final.exists():
         remove_checkpoint(final)
     tmp.rename(final)
     _fsync(folder)
     kept = {c.path for c in list_checkpoints(folder)[-keep:]} | {final}
+    if keep_also is not None:
+        kept.add(folder / keep_also.name)
     for old in sorted(folder.glob("step-*")):
         if old not in kept:  # older complete ones, and incomplete ones a kill left behind
             remove_checkpoint(old)

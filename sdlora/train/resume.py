@@ -21,8 +21,8 @@ from sdlora.train.rundir import RunPaths
 # saving, and how often progress is read back. Every other key shaped the weights, the optimizer state or the
 # data order of the steps already taken (network shape, targets, type, data set, seed, batch, lr, model...):
 # changing it would train another run than config.yaml says, or fail on tensor shapes. A section ends with ".".
-RESUMABLE = ("train.steps", "train.report_every", "train.max_bad_steps", "data.num_workers", "sample.",
-             "save.every", "save.keep_checkpoints", "save.format", "save.dtype")
+RESUMABLE = ("train.steps", "train.report_every", "train.max_bad_steps", "train.validate_every", "train.log_with",
+             "data.num_workers", "sample.", "save.every", "save.keep_checkpoints", "save.format", "save.dtype")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
