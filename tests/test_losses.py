@@ -10,7 +10,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from sdlora.config import TrainConfig
-from sdlora.models.tiny import SD_SCHEDULER
+from sdlora.models.ldm_configs import SD_SCHEDULER
 from sdlora.train.losses import debiased_weight, elementwise_loss, huber_c, snr_of
 from sdlora.train.noise import multires_noise
 from sdlora.train.objective import denoising_loss, sample_noise_and_timesteps

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from sdlora.config import DataConfig, TrainConfig
 from sdlora.data import SampleKey, build_dataset
 from sdlora.errors import SdloraError
-from sdlora.models.tiny import SD_SCHEDULER
+from sdlora.models.ldm_configs import SD_SCHEDULER
 from sdlora.train.objective import denoising_loss
 
 from test_recipe import recipe_config, train_run

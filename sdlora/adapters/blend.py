@@ -9,7 +9,6 @@ format, which carries every layer's rank and alpha.
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from sdlora.adapters.check import check_fit, only
 from sdlora.adapters.io import read_adapter_file, save_adapter
 from sdlora.errors import SdloraError
+from sdlora.hashing import file_sha256  # noqa: F401  (serving.py and batched.py take it from here too)
 from sdlora.schedulers import make_scheduler
 
 WEIGHT_RANGE = (-2.0, 2.0)
@@ -45,14 +45,6 @@ class SamplingDefaults:
     steps: int
     guidance: float
     scheduler_options: dict[str, Any] = field(default_factory=dict)  # e.g. the LCM solver schedule
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_weight(weight: float, what: str) -> float:

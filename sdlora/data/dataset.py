@@ -18,24 +18,15 @@ import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
-from PIL import Image
 
 from sdlora.config import DataConfig
 from sdlora.data.captions import augment_caption
-from sdlora.data.images import crop_geometry, describe_size, load_cropped
+from sdlora.data.images import crop_geometry, describe_size, load_cropped, to_tensor
 from sdlora.data.index import DataIndex, Entry, Problem, build_index, long_caption_problem
 from sdlora.data.masks import find_masks, load_mask
 from sdlora.data.scan import IMAGE_KINDS
-from sdlora.data.summary import DataSummary, summarize
 from sdlora.errors import SdloraError
-
-
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL RGB -> float tensor [3, H, W] in [-1, 1], as the VAE expects."""
-    array = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 class SampleKey(NamedTuple):
@@ -229,4 +220,4 @@ def build_dataset(config: DataConfig, tokenizer=None) -> TrainDataset:
     return dataset
 
 
-__all__ = ["DataSummary", "SampleKey", "TrainDataset", "build_dataset", "collate", "summarize"]
+__all__ = ["SampleKey", "TrainDataset", "build_dataset", "collate"]
