@@ -35,6 +35,8 @@ def _gallery(entries: list[captions.Entry], folder: Path, problems: dict[str, st
     """(image, label): the caption, marked ⚠ with the reason where the check found a problem."""
     items = []
     for e in entries:
+        if e.refused:  # never handed to the browser
+            continue
         label = e.caption or "(no caption)"
         reason = problems.get(str(e.image.relative_to(folder)))
         items.append((str(e.image), f"⚠ {reason} | {label}" if reason else label))
@@ -122,11 +124,16 @@ def build(ctx: AppContext) -> DatasetTab:
 
     # ------------------------------------------------------------------------------------------ handlers
     def load(path: Path, res, up, note: str = ""):
-        entries = captions.list_entries(path)
-        report_html, problems = checked(path, parse_number(res, "Training resolution", "int"), up)
+        entries = captions.list_entries(path, allowed=ctx.roots.contains)
+        refused = [e.refused for e in entries if e.refused]
+        report_html, problems = checked(path, parse_number(res, "Training resolution", "int"), up,
+                                        hide_tags=bool(refused))
+        entries = [e for e in entries if not e.refused]
         missing = sum(1 for e in entries if not e.has_file)
         rel = _shown(ctx, path)
         text = f"**{rel}**: {len(entries)} image(s)" + (f", {missing} without a caption" if missing else "")
+        if refused:
+            text += f" · ⚠ refused {len(refused)}: " + "; ".join(refused[:3]) + (" …" if len(refused) > 3 else "")
         if note:
             text += f" · {note}"
         return (path, [str(e.image) for e in entries], _gallery(entries, path, problems), text, None,
@@ -161,6 +168,8 @@ def build(ctx: AppContext) -> DatasetTab:
         index = evt.index if isinstance(evt.index, int) else evt.index[0]
         image = Path(paths[index])
         path = captions.caption_path_for(image)
+        if path.exists() and not ctx.roots.contains(path):
+            raise gr.Error(f"{path.name} leads outside the allowed folders through a symlink; not read")
         text = captions.read_caption(path)[0] if path.is_file() else ""
         return index, f"Editing **{image.name}** → `{path.name}`", text
 
@@ -172,11 +181,13 @@ def build(ctx: AppContext) -> DatasetTab:
             raise gr.Error(f"{image} is outside the allowed folders")
         written = captions.save_caption(image, text)
         gr.Info(f"Saved {written.name}")
+        entries = captions.list_entries(path, allowed=ctx.roots.contains)
         try:
-            report_html, problems = checked(path, parse_number(res, "Training resolution", "int"), up)
+            report_html, problems = checked(path, parse_number(res, "Training resolution", "int"), up,
+                                            hide_tags=any(e.refused for e in entries))
         except SdloraError as exc:
             raise gr.Error(str(exc)) from None
-        return _gallery(captions.list_entries(path), path, problems), report_html
+        return _gallery(entries, path, problems), report_html
 
     def on_plan(path, plan, *args):
         """Show what a bulk edit would write; nothing is written until Apply."""
@@ -223,9 +234,11 @@ def build(ctx: AppContext) -> DatasetTab:
     gallery.select(on_select, [paths_state], [selected, image_name, caption])
     save_btn.click(on_save, [folder_state, paths_state, selected, caption, *checks], [gallery, report])
     plan_outputs = [pending, bulk_preview, apply_btn, cancel_btn]
-    trigger_btn.click(lambda p, t: on_plan(p, captions.plan_trigger, t), [folder_state, trigger], plan_outputs)
-    replace_btn.click(lambda p, f, r: on_plan(p, captions.plan_replace, f, r), [folder_state, find, repl],
+    allowed = ctx.roots.contains  # a caption symlinked out of the allowed folders is neither read nor written
+    trigger_btn.click(lambda p, t: on_plan(p, captions.plan_trigger, t, ".txt", allowed), [folder_state, trigger],
                       plan_outputs)
+    replace_btn.click(lambda p, f, r: on_plan(p, captions.plan_replace, f, r, ".txt", allowed),
+                      [folder_state, find, repl], plan_outputs)
     apply_btn.click(on_apply, [folder_state, pending, *checks],
                     [*outputs, pending, undo, bulk_preview, apply_btn, cancel_btn, undo_btn])
     cancel_btn.click(on_cancel, None, plan_outputs)

@@ -21,6 +21,7 @@ from sdlora.models import builtin_models
 from sdlora.train.requests import request
 from ui.applies import applies, dependents, rule_for
 from ui.chart import loss_chart
+from sdlora.train.rundir import check_not_in_use
 from ui.config_form import MAIN_KEYS, Field, config_fields, config_to_widgets, overrides, preset_yaml, \
     widgets_to_config
 from ui import queue_panel
@@ -186,6 +187,8 @@ def build(ctx: AppContext, app: gr.Blocks | None = None) -> TrainTab:
         rel = _rel(ctx, run_dir)
         if ctx.runner.running:
             raise SdloraError(f"a run is already going ({_rel(ctx, ctx.runner.run_dir)}); stop it first")
+        if run_dir.exists():
+            check_not_in_use(run_dir)  # trained right now by another process (a CLI run, the queue)
         if not replacing and holds_training(run_dir):
             raise SdloraError(f"{rel} already holds a run: pick it under Run and press Resume (continue it), Retry "
                               f"(start it again with these settings) or Delete, or change the name")
@@ -221,6 +224,7 @@ def build(ctx: AppContext, app: gr.Blocks | None = None) -> TrainTab:
     def on_resume(run, *vals):
         try:
             run_dir = ctx.roots.resolve(run or "", kind="dir")
+            check_not_in_use(run_dir)
             done = load_config(run_dir / "config.yaml")
             args = ["--resume", _rel(ctx, run_dir)]
             steps = widgets_to_config(fields, list(vals)).train.steps
