@@ -406,6 +406,7 @@ def _picked(ctx: AppContext, run: str | None) -> Path:
     runner = ctx.runner
     if runner.running and runner.run_dir is not None and runner.run_dir.resolve() == run_dir:
         raise SdloraError(f"{run} is training; press Stop first")
+    check_not_in_use(run_dir)  # trained by another process (a CLI run, the queue)
     return run_dir
 
 
