@@ -77,3 +77,21 @@ def test_a_caption_symlinked_outside_the_allowed_folders_is_refused_by_name(tmp_
     assert captions.replace_text(folder, "password", "x", allowed=roots.contains) == 0
     html, _ = checked(folder, 64, False, hide_tags=True)
     assert "hunter2" not in html  # the check's top tags would show the linked file's words
+
+
+def test_the_dataset_tab_reads_and_writes_the_presets_caption_extension(tmp_path):
+    """data.caption_extension decides the files: `.caption` captions are listed, edited and bulk-edited as such."""
+    from PIL import Image
+
+    from ui import captions
+    from ui.check_view import run_check
+
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "a.png")
+    (tmp_path / "a.caption").write_text("a red square\n")
+    (tmp_path / "a.txt").write_text("not this one\n")
+    entries = captions.list_entries(tmp_path, ".caption")
+    assert [e.caption for e in entries] == ["a red square"]
+    captions.save_caption(tmp_path / "a.png", "edited", ".caption")
+    assert (tmp_path / "a.caption").read_text() == "edited\n" and (tmp_path / "a.txt").read_text() == "not this one\n"
+    report = run_check(tmp_path, 64, False, ".caption")
+    assert "edited" in str(report) and "not this one" not in str(report)

@@ -70,7 +70,7 @@ def build(ctx: AppContext) -> DatasetTab:
     folders = known_folders(ctx)
     presets = ctx.presets()
     first = "demo" if "demo" in presets else (presets[0] if presets else None)
-    res0, up0 = _preset_check(ctx, first)
+    res0, up0, ext0 = _preset_check(ctx, first)
     if not isinstance(res0, str):  # an unreadable preset: the Train tab says why
         res0, up0 = "512", False
     pending = gr.State([])  # the planned bulk edit, shown before it is applied
@@ -119,15 +119,17 @@ def build(ctx: AppContext) -> DatasetTab:
         check_res = gr.Textbox(str(res0), label="Training resolution", elem_id="ds-check-resolution",
                                info="data.resolution", max_lines=1)
         check_up = gr.Checkbox(up0, label="Allow upscaling", info="data.allow_upscale", elem_id="ds-check-upscale")
+        check_ext = gr.Textbox(ext0, label="Caption extension", info="data.caption_extension: the files read "
+                               "and written here", elem_id="ds-check-ext", max_lines=1)
         check_btn = gr.Button("Check again", elem_id="ds-check", scale=0)
     report = gr.HTML(elem_id="ds-report")
 
     # ------------------------------------------------------------------------------------------ handlers
-    def load(path: Path, res, up, note: str = ""):
-        entries = captions.list_entries(path, allowed=ctx.roots.contains)
+    def load(path: Path, res, up, ext, note: str = ""):
+        entries = captions.list_entries(path, ext, allowed=ctx.roots.contains)
         refused = [e.refused for e in entries if e.refused]
         report_html, problems = checked(path, parse_number(res, "Training resolution", "int"), up,
-                                        hide_tags=bool(refused))
+                                        hide_tags=bool(refused), caption_extension=ext)
         entries = [e for e in entries if not e.refused]
         missing = sum(1 for e in entries if not e.has_file)
         rel = _shown(ctx, path)
@@ -141,13 +143,13 @@ def build(ctx: AppContext) -> DatasetTab:
 
     outputs = [folder_state, paths_state, gallery, summary, selected, image_name, caption, report]
 
-    def on_open(text, res, up):
+    def on_open(text, res, up, ext):
         try:
-            return load(ctx.roots.resolve(text or "", kind="dir"), res, up)
+            return load(ctx.roots.resolve(text or "", kind="dir"), res, up, ext)
         except SdloraError as exc:
             raise gr.Error(str(exc)) from None
 
-    def on_create(name, files, res, up):
+    def on_create(name, files, res, up, ext):
         try:
             if not files:
                 raise UnsafePath("choose images, caption files or a zip to upload")
@@ -159,32 +161,32 @@ def build(ctx: AppContext) -> DatasetTab:
             raise gr.Error(str(exc)) from None
         rel = _shown(ctx, target)
         try:
-            shown = load(target, res, up, result.summary())
+            shown = load(target, res, up, ext, result.summary())
         except SdloraError as exc:
             raise gr.Error(str(exc)) from None
         return (gr.update(choices=known_folders(ctx), value=rel), *shown)
 
-    def on_select(paths, evt: gr.SelectData):
+    def on_select(paths, ext, evt: gr.SelectData):
         index = evt.index if isinstance(evt.index, int) else evt.index[0]
         image = Path(paths[index])
-        path = captions.caption_path_for(image)
+        path = captions.caption_path_for(image, ext)
         if path.exists() and not ctx.roots.contains(path):
             raise gr.Error(f"{path.name} leads outside the allowed folders through a symlink; not read")
         text = captions.read_caption(path)[0] if path.is_file() else ""
         return index, f"Editing **{image.name}** → `{path.name}`", text
 
-    def on_save(path, paths, index, text, res, up):
+    def on_save(path, paths, index, text, res, up, ext):
         if path is None or index is None:
             raise gr.Error("Open a folder and click an image first.")
         image = Path(paths[index])
         if not ctx.roots.contains(image):
             raise gr.Error(f"{image} is outside the allowed folders")
-        written = captions.save_caption(image, text)
+        written = captions.save_caption(image, text, ext)
         gr.Info(f"Saved {written.name}")
-        entries = captions.list_entries(path, allowed=ctx.roots.contains)
+        entries = captions.list_entries(path, ext, allowed=ctx.roots.contains)
         try:
             report_html, problems = checked(path, parse_number(res, "Training resolution", "int"), up,
-                                            hide_tags=any(e.refused for e in entries))
+                                            hide_tags=any(e.refused for e in entries), caption_extension=ext)
         except SdloraError as exc:
             raise gr.Error(str(exc)) from None
         return _gallery(entries, path, problems), report_html
@@ -196,7 +198,7 @@ def build(ctx: AppContext) -> DatasetTab:
         changes = plan(path, *args)
         return changes, preview_html(changes, path), gr.update(visible=bool(changes)), gr.update(visible=True)
 
-    def on_apply(path, changes, res, up):
+    def on_apply(path, changes, res, up, ext):
         if path is None or not changes:
             raise gr.Error("Nothing to apply: press Add to all… or Replace in all… first.")
         if not all(ctx.roots.contains(c.caption_path) for c in changes):
@@ -204,7 +206,7 @@ def build(ctx: AppContext) -> DatasetTab:
         changed = captions.apply_changes(changes)
         gr.Info(f"{changed} caption file(s) changed")
         try:
-            shown = load(path, res, up, f"{changed} caption file(s) changed; Undo puts them back")
+            shown = load(path, res, up, ext, f"{changed} caption file(s) changed; Undo puts them back")
         except SdloraError as exc:
             raise gr.Error(str(exc)) from None
         return (*shown, [], changes, "", gr.update(visible=False), gr.update(visible=False),
@@ -213,50 +215,52 @@ def build(ctx: AppContext) -> DatasetTab:
     def on_cancel():
         return [], "", gr.update(visible=False), gr.update(visible=False)
 
-    def on_undo(path, changes, res, up):
+    def on_undo(path, changes, res, up, ext):
         if path is None or not changes:
             raise gr.Error("No bulk edit to undo.")
         restored = captions.undo_changes(changes)
         gr.Info(f"{restored} caption file(s) restored")
         try:
-            shown = load(path, res, up, f"{restored} caption file(s) restored")
+            shown = load(path, res, up, ext, f"{restored} caption file(s) restored")
         except SdloraError as exc:
             raise gr.Error(str(exc)) from None
         return (*shown, [], gr.update(visible=False))
 
-    checks = [check_res, check_up]
+    checks = [check_res, check_up, check_ext]
     # Open, or a folder chosen from the list (select, not input: typing a path and pressing Open would run
     # both and show an error twice).
     open_btn.click(on_open, [folder, *checks], outputs)
     folder.select(on_open, [folder, *checks], outputs)
-    check_preset.change(lambda name: _preset_check(ctx, name), [check_preset], [check_res, check_up])
+    check_preset.change(lambda name: _preset_check(ctx, name), [check_preset], checks)
     create_btn.click(on_create, [new_name, uploads, *checks], [folder, *outputs])
-    gallery.select(on_select, [paths_state], [selected, image_name, caption])
+    gallery.select(on_select, [paths_state, check_ext], [selected, image_name, caption])
     save_btn.click(on_save, [folder_state, paths_state, selected, caption, *checks], [gallery, report])
     plan_outputs = [pending, bulk_preview, apply_btn, cancel_btn]
     allowed = ctx.roots.contains  # a caption symlinked out of the allowed folders is neither read nor written
-    trigger_btn.click(lambda p, t: on_plan(p, captions.plan_trigger, t, ".txt", allowed), [folder_state, trigger],
-                      plan_outputs)
-    replace_btn.click(lambda p, f, r: on_plan(p, captions.plan_replace, f, r, ".txt", allowed),
-                      [folder_state, find, repl], plan_outputs)
+    trigger_btn.click(lambda p, t, ext: on_plan(p, captions.plan_trigger, t, ext, allowed),
+                      [folder_state, trigger, check_ext], plan_outputs)
+    replace_btn.click(lambda p, f, r, ext: on_plan(p, captions.plan_replace, f, r, ext, allowed),
+                      [folder_state, find, repl, check_ext], plan_outputs)
     apply_btn.click(on_apply, [folder_state, pending, *checks],
                     [*outputs, pending, undo, bulk_preview, apply_btn, cancel_btn, undo_btn])
     cancel_btn.click(on_cancel, None, plan_outputs)
     undo_btn.click(on_undo, [folder_state, undo, *checks], [*outputs, undo, undo_btn])
-    check_btn.click(lambda p, res, up: on_open(str(p) if p else "", res, up), [folder_state, *checks], outputs)
+    check_btn.click(lambda p, res, up, ext: on_open(str(p) if p else "", res, up, ext), [folder_state, *checks],
+                    outputs)
     caption_panel.build(ctx, folder_state, load, checks, outputs)
     return DatasetTab(folder_state=folder_state, folder=folder, check_preset=check_preset)
 
 
 def _preset_check(ctx: AppContext, name: str | None) -> tuple:
-    """The data check's resolution and upscaling as the preset trains (512 and off without a preset)."""
+    """The data check's resolution, upscaling and caption extension as the preset trains (512, off and .txt
+    without a preset)."""
     if not name:
-        return "512", False
+        return "512", False, ".txt"
     try:
         data = load_config(ctx.roots.resolve(f"presets/{name}.yaml", kind="file")).data
     except SdloraError:
-        return gr.skip(), gr.skip()
-    return str(data.resolution), data.allow_upscale
+        return gr.skip(), gr.skip(), gr.skip()
+    return str(data.resolution), data.allow_upscale, data.caption_extension
 
 
 def _shown(ctx: AppContext, path: Path) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from sdlora.adapters.blend import WEIGHT_RANGE
 from sdlora.errors import SdloraError
 from sdlora.models import builtin_models
 from ui.context import AppContext
@@ -81,11 +82,11 @@ def build(ctx: AppContext, engine: PreviewEngine | None = None) -> PreviewTab:
                                         info="LCM is chosen for an LCM adapter", elem_id="pv-scheduler",
                                         interactive=True)
         with gr.Column(scale=2, elem_id="pv-weights"):
-            gr.Markdown("**Weights** (-1 to 2)")
+            gr.Markdown(f"**Weights** ({WEIGHT_RANGE[0]:g} to {WEIGHT_RANGE[1]:g})")
 
             @gr.render(inputs=[picked])
             def weights(names):
-                sliders = [gr.Slider(-1, 2, 1.0, step=0.05, label=name, key=f"weight:{name}", interactive=True,
+                sliders = [gr.Slider(*WEIGHT_RANGE, 1.0, step=0.05, label=name, key=f"weight:{name}", interactive=True,
                                      elem_classes=["pv-weight"]) for name in names or []]
                 if not sliders:
                     gr.Markdown("Pick adapters above; each gets a weight slider here.")

@@ -437,6 +437,8 @@ def _check_paths(ctx: AppContext, config: Config) -> Path:
         ctx.roots.resolve(config.data.reg_dir, kind="dir")
     if config.model not in builtin_models():
         ctx.roots.resolve(config.model)  # a diffusers folder or a single-file checkpoint
+    if config.vae:
+        ctx.roots.resolve(config.vae)  # a VAE file or folder, inside the roots like every other path
     return ctx.roots.resolve(config.save.output_dir, must_exist=False) / config.name
 
 
