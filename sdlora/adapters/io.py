@@ -56,6 +56,7 @@ def save_adapter(adapter: Adapter, path: Path | str, fmt: str = "kohya", dtype: 
     if fmt == "kohya":
         state = formats.to_kohya(adapter.layers, torch_dtype, sdxl=adapter.is_sdxl)
     else:
+        _check_diffusers_kinds(adapter, path)
         state, config = formats.to_peft(adapter.layers, torch_dtype)
         metadata[PEFT_METADATA_KEY] = json.dumps(config, indent=2, sort_keys=True)
     from safetensors.torch import save_file
@@ -169,8 +170,27 @@ def _refuse_non_lora(path: Path, state: dict[str, torch.Tensor]) -> None:
                               f"cannot use it with an SD model")
 
 
+def _check_diffusers_kinds(adapter: Adapter, path: Path | str) -> None:
+    """diffusers' loaders read LoRA and DoRA only: a LoHa/LoKr file in its format would load nowhere."""
+    from sdlora.adapters.kinds import DIFFUSERS_KINDS
+
+    other = sorted({layer.kind for layer in adapter.layers.values()} - set(DIFFUSERS_KINDS))
+    if other:
+        raise SdloraError(f"{path}: a {'/'.join(k.upper() for k in other)} adapter has no diffusers format "
+                          f"(diffusers' load_lora_weights reads LoRA and DoRA only); save it as kohya (save.format: "
+                          f"kohya, --to kohya) and apply it with sdlora.adapters.apply_adapter(pipe, FILE)")
+
+
 def _check_shapes(path: Path, layers) -> None:
     for name, layer in layers.items():
+        if layer.kind in ("loha", "lokr"):
+            try:
+                layer.matrix()
+            except RuntimeError:
+                raise SdloraError(f"{path}: layer {name}'s {layer.kind} factors do not fit together "
+                                  f"({', '.join(f'{k} {tuple(t.shape)}' for k, t in layer.tensors().items())}); "
+                                  f"the file is damaged") from None
+            continue
         down, up = layer.down, layer.up
         if down.dim() not in (2, 4) or up.dim() != down.dim() or up.shape[1] != down.shape[0]:
             raise SdloraError(f"{path}: layer {name} has down {tuple(down.shape)} and up {tuple(up.shape)}, which "

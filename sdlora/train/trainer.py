@@ -21,8 +21,8 @@ from sdlora.config import Config
 from sdlora.data import SampleKey, TrainDataset, build_dataset, collate
 from sdlora.errors import SdloraError
 from sdlora.events import EventBus
-from sdlora.network import (add_lora, add_text_encoder_lora, count_parameters, extract_adapter, load_into,
-                             lora_parameters)
+from sdlora.network import (add_lora, add_text_encoder_lora, count_parameters, dylora_ranks, extract_adapter,
+                             load_into, lora_parameters)
 from sdlora.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from sdlora.train.compiled import compile_step_model, mark_step_begin, use_compile, use_cuda_graphs
 from sdlora.train.distributed import GradientSync, any_process, is_distributed, mean_across_processes
@@ -152,6 +152,7 @@ class Trainer:
         largest = max(cfg.data.bucket_max, cfg.data.resolution) if cfg.data.buckets else cfg.data.resolution
         set_vae_memory(c.vae, cfg.data.vae_tiling, largest)
         self.target_modules = add_lora(c.unet, cfg.network, seed=cfg.train.seed)
+        self.dylora = dylora_ranks(c.unet, cfg.network)  # network.type dylora: a random rank per step
         if cfg.train.gradient_checkpointing:
             c.unet.enable_gradient_checkpointing()
         c.unet.to(self.device).train()
@@ -312,6 +313,8 @@ class Trainer:
             torch.manual_seed(step_seed(train.seed, step, salt=1))  # LoRA dropout and anything global
             # Rank 0 draws what a single-process run draws; other ranks draw their own noise for their slice.
             generator.manual_seed(step_seed(train.seed, step, salt=0 if self.rank == 0 else 1000 + self.rank))
+            if self.dylora:
+                self.dylora.begin_step()  # this step trains the first b rows of every LoRA layer
             # With CUDA graphs the gradient buffers are the trainer's own and are zeroed in place (compiled.py).
             self.optimizer.zero_grad(set_to_none=self.grad_sync is None)
             step_loss = torch.zeros((), device=self.device)
@@ -340,6 +343,8 @@ class Trainer:
                     self.accelerator.clip_grad_norm_(self.params, train.max_grad_norm)
                 self.optimizer.step()
             self.lr_scheduler.step()
+            if self.dylora:
+                self.dylora.end_step()
             pending.append((step, step_loss))
             # Under data parallelism a stop request is agreed on at the next report window (any_process), so
             # every process stops after the same step.
