@@ -242,3 +242,16 @@ class DyLoraRanks:
 def dylora_ranks(unet: torch.nn.Module, network: NetworkConfig) -> DyLoraRanks | None:
     """The rank sampler of a DyLoRA network (None for every other network.type)."""
     return DyLoraRanks([unet], network.rank, network.dylora_unit) if network.type == "dylora" else None
+
+
+# What a checkpoint's tensors are shaped by: none of these may change on --resume.
+SHAPING_KEYS = ("type", "rank", "conv_rank", "lokr_factor", "dylora_unit", "targets", "text_encoder")
+
+
+def check_same_network(saved: NetworkConfig, wanted: NetworkConfig) -> None:
+    """On --resume, a change to a key that shapes the adapter is an error naming it, never a silent restart."""
+    for key in SHAPING_KEYS:
+        before, after = getattr(saved, key), getattr(wanted, key)
+        if before != after:
+            raise SdloraError(f"network.{key}: the run was trained with {before!r}, --set asks for {after!r}; a "
+                              f"checkpoint cannot change it on --resume, start a new run (--set name=...) instead")

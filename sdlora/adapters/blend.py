@@ -4,7 +4,8 @@ The adapters go into the pipeline through diffusers' own mechanism (`load_lora_w
 `set_adapters(names, adapter_weights=...)`), so what a user sees here is what their own diffusers script gets:
 h = W0·x + Σ_i weight_i·(alpha_i/rank_i)·B_i·A_i·x. Each file is read and checked by `sdlora.adapters.io` first
 (so other tools' files, with keys diffusers would choke on, load too), then handed to diffusers in our diffusers
-format, which carries every layer's rank and alpha.
+format, which carries every layer's rank and alpha. LoHa and LoKr adapters, which diffusers does not read, are
+applied by `sdlora.adapters.apply` (forward hooks adding each layer's update) and weighted the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Any
 
 import torch
 
+from sdlora.adapters.apply import AppliedAdapter
 from sdlora.adapters.io import read_adapter_file, save_adapter
+from sdlora.adapters.kinds import DIFFUSERS_KINDS
 from sdlora.errors import SdloraError
 from sdlora.schedulers import make_scheduler
 
@@ -87,6 +90,7 @@ class AdapterBlender:
         self.pipe = pipe
         self.adapters: dict[str, LoadedAdapter] = {}  # by sha256
         self.weights: dict[str, float] = {}  # by adapter name; only non-zero weights are active
+        self.hooked: dict = {}  # LoHa/LoKr adapters by name: AppliedAdapter, outside diffusers' LoRA layers
         self._base_scheduler = pipe.scheduler
         pipe.set_progress_bar_config(disable=True)
 
@@ -103,6 +107,10 @@ class AdapterBlender:
         if sha in self.adapters:
             return self.adapters[sha]
         loaded = LoadedAdapter(name=f"lora_{sha[:16]}", path=path, sha256=sha, metadata=found.adapter.metadata)
+        if {layer.kind for layer in found.adapter.layers.values()} - set(DIFFUSERS_KINDS):
+            self.hooked[loaded.name] = AppliedAdapter(self.pipe, found.adapter, 0.0, str(path))
+            self.adapters[sha] = loaded
+            return loaded
         with tempfile.TemporaryDirectory(prefix="sdlora-blend-") as tmp:
             normalised = save_adapter(found.adapter, Path(tmp) / "adapter.safetensors", fmt="diffusers", dtype=None)
             self.pipe.load_lora_weights(str(normalised), adapter_name=loaded.name)
@@ -131,13 +139,15 @@ class AdapterBlender:
         self._apply()
 
     def _apply(self) -> None:
-        if not self.weights:
+        for name, applied in self.hooked.items():
+            applied.set_weight(self.weights.get(name, 0.0))
+        names = [name for name in self.weights if name not in self.hooked]
+        if not names:
             # Weight 0 everywhere: the LoRA layers are bypassed, so the image is exactly the base model's.
-            if self.adapters:
+            if any(a.name not in self.hooked for a in self.adapters.values()):
                 self.pipe.disable_lora()
             return
         self.pipe.enable_lora()
-        names = list(self.weights)
         self.pipe.set_adapters(names, adapter_weights=[self.weights[n] for n in names])
 
     @property

@@ -46,10 +46,15 @@ def merge_into(pipe: Any, adapters: Iterable[tuple[Adapter, float]], sources: li
             if module is None or not hasattr(module, "weight"):
                 raise SdloraError(f"{source}: layer {name} is not in this model; the adapter was made for "
                                   f"another base model")
-            delta = weight * layer.delta_weight()
-            if delta.shape != module.weight.shape:
-                raise SdloraError(f"{source}: layer {name} has shape {tuple(delta.shape)} but the model's weight is "
+            shape = (tuple(layer.delta_weight().shape) if layer.kind in ("lora", "dora")
+                     else (layer.out_features, layer.in_features))
+            fits = (shape == tuple(module.weight.shape) if layer.kind in ("lora", "dora") else
+                    shape[0] == module.weight.shape[0] and shape[1] == module.weight[0].numel())
+            if not fits:
+                raise SdloraError(f"{source}: layer {name} has shape {shape} but the model's weight is "
                                   f"{tuple(module.weight.shape)}; the adapter was made for another base model")
+            # Each kind's own update (sdlora.adapters.kinds); DoRA's depends on the base weight it rescales.
+            delta = layer.merge_delta(module.weight.detach().cpu(), weight)
             deltas[name] = deltas[name] + delta if name in deltas else delta
     with torch.no_grad():
         for name, delta in deltas.items():

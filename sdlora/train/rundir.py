@@ -68,6 +68,10 @@ def open_run(run_dir: Path, overrides: list[str]) -> tuple[Config, RunPaths]:
         config = config_from_dict(raw)
     except SdloraError as exc:
         raise SdloraError(f"{config_file}: {exc}") from None
+    if overrides:
+        from sdlora.network import check_same_network
+
+        check_same_network(config_from_dict(read_yaml(config_file)).network, config.network)
     paths = RunPaths(run_dir, config.name)
     if overrides:
         write_text(paths.config, config.to_yaml())
