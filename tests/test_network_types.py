@@ -274,3 +274,21 @@ def test_changing_the_network_on_resume_is_a_one_line_error(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(SdloraError, match="network.rank: the run was trained with 16"):
         open_run(run, ["network.rank=8"])
+
+
+def test_presets_locon_style_and_the_lokr_alternative_of_character_are_valid():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from sdlora.config import load_config
+
+    presets = Path(__file__).resolve().parent.parent / "presets"
+    locon = load_config(presets / "locon-style.yaml").network
+    assert (locon.type, locon.effective_conv_rank) == ("lora", 8) and locon.rank > locon.conv_rank
+    # The commented LoKr block, uncommented, overrides the LoRA lines above it (YAML keeps a repeated key's last).
+    text = (presets / "character.yaml").read_text(encoding="utf-8")
+    raw = yaml.safe_load(re.sub(r"(?m)^  # (\w+: )", r"  \1", text))
+    network = config_from_dict(raw).network
+    assert (network.type, network.rank, network.dropout) == ("lokr", 8, 0.0)
