@@ -112,7 +112,10 @@ def main() -> None:
     parser.add_argument("--types", default="all", help="comma-separated table-1 rows (0-based), all or none")
     parser.add_argument("--dylora", action="store_true", help="train the rank-16 DyLoRA and score its truncations")
     parser.add_argument("--lora-ranks", default="", help="comma-separated ranks of separate LoRAs for table 2")
+    parser.add_argument("--render", nargs="+", type=Path, help="print the markdown tables of these result files")
     args = parser.parse_args()
+    if args.render:
+        return render(args.render)
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="sdlora-netypes-"))
     train_dir, held_dir = split_demo(root)
@@ -144,6 +147,27 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     shutil.rmtree(root, ignore_errors=True)
+
+
+def render(files: list[Path]) -> None:
+    parts = [json.loads(f.read_text()) for f in files]
+    rows = [row for part in parts for row in part["types"]]
+    order = list(TYPES)
+    print("| network.type | trainable params | file (fp32) | CPU s/step | error before | after | change |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for row in sorted(rows, key=lambda r: order.index(r["type"])):
+        print(f"| {row['type']} | {row['params']:,} | {row['file_bytes'] / 1e6:.2f} MB | {row['step_s']:.2f} | "
+              f"{row['before']:.4f} | {row['after']:.4f} | {100 * row['change']:+.0f}% |")
+    dylora = {r["rank"]: r for part in parts for r in part["dylora"]}
+    lora = {r["rank"]: r for part in parts for r in part["lora"]}
+    print()
+    print("| rank | base model | DyLoRA 16 truncated | LoRA trained at this rank |")
+    print("|---:|---:|---:|---:|")
+    for rank in sorted(set(dylora) | set(lora)):
+        base = (dylora.get(rank) or lora.get(rank))["held_out_base"]
+        dy = f"{dylora[rank]['dylora_truncated']:.4f}" if rank in dylora else "-"
+        lo = f"{lora[rank]['lora_at_rank']:.4f}" if rank in lora else "-"
+        print(f"| {rank} | {base:.4f} | {dy} | {lo} |")
 
 
 if __name__ == "__main__":

@@ -201,42 +201,69 @@ def load_into(unet: torch.nn.Module, adapter: Adapter,
 
 
 class DyLoraRanks:
-    """DyLoRA (Valipour et al. 2023, arXiv 2210.07558, eq. 5): each training step draws a rank b, a multiple of
-    `unit` in [unit, rank], and every LoRA layer computes h = W0·x + (alpha/b)·B[:, :b]·A[:b]·x, so the first b
-    rows alone are a good rank-b LoRA. The truncation is a mask on the output of A (scaled by rank/b, turning
-    peft's alpha/rank into alpha/b); the rows past b get no gradient that step (AdamW's moments still move them a
-    little, where kohya's networks/dylora.py keeps one parameter per row). Between `begin_step()` and `end_step()`
-    the drawn rank runs, otherwise (sampling, saving) the full rank.
+    """DyLoRA (Valipour et al. 2023, arXiv 2210.07558, eq. 5 and its "frozen" update): each training step draws a
+    rank b, a multiple of `unit` in [unit, rank] (as kohya's networks/dylora.py draws it), every LoRA layer computes
+    h = W0·x + (alpha/b)·B[:, :b]·A[:b]·x, and only the b-th unit of rows (b-unit..b) is updated. So the first R
+    rows, at scale alpha/R, are the rank-R LoRA that row R-1 was trained with: a truncated file is a good LoRA.
+
+    The truncation is a mask on the output of A (scaled by rank/b, turning peft's alpha/rank into alpha/b). The
+    freeze is exact: gradients of the other rows are masked, and `end_step` (after the optimizer step) puts back
+    the values they had, so AdamW's moments and weight decay do not move them either. Between `begin_step()` and
+    `end_step()` the drawn rank runs, otherwise (sampling, saving) the full rank.
     """
 
     def __init__(self, models: list[torch.nn.Module], rank: int, unit: int):
         self.rank, self.unit = rank, unit
-        self.mask = torch.ones(rank)
+        self.mask = torch.ones(rank)  # A's output: rank/b on rows < b, 0 after
+        self.trained = torch.ones(rank)  # gradient: 1 on the rows b-unit..b, 0 elsewhere
         self.b = rank
-        self.handles = []
+        self.params: list[tuple[torch.nn.Parameter, int]] = []  # (A or B weight, its rank dim)
+        self.saved: list[torch.Tensor] = []
         for model in models:
             for _, module in _lora_modules(model):
-                self.handles.append(module.lora_A[ADAPTER_NAME].register_forward_hook(self._truncate))
+                module.lora_A[ADAPTER_NAME].register_forward_hook(self._truncate)
+                for param, dim in ((module.lora_A[ADAPTER_NAME].weight, 0), (module.lora_B[ADAPTER_NAME].weight, 1)):
+                    param.register_hook(self._grad_hook(dim, param.dim()))
+                    self.params.append((param, dim))
+
+    def _view(self, vector: torch.Tensor, dim: int, ndim: int, like: torch.Tensor) -> torch.Tensor:
+        shape = [1] * ndim
+        shape[dim] = -1
+        return vector.to(like.device, like.dtype).view(shape)
 
     def _truncate(self, module, inputs, output):
         if self.b >= self.rank:
             return None
-        mask = self.mask.to(output.device, output.dtype)
         # A's output carries the rank in its last dim (Linear) or its channel dim (Conv2d).
-        return output * (mask if output.dim() != 4 else mask.view(1, -1, 1, 1))
+        return output * self._view(self.mask, 1 if output.dim() == 4 else output.dim() - 1, output.dim(), output)
+
+    def _grad_hook(self, dim: int, ndim: int):
+        def hook(grad):
+            return grad * self._view(self.trained, dim, ndim, grad)
+        return hook
 
     def set_rank(self, b: int) -> None:
         self.b = b
         self.mask = torch.zeros(self.rank)
         self.mask[:b] = self.rank / b
+        self.trained = torch.zeros(self.rank)
+        self.trained[b - self.unit:b] = 1.0
 
     def begin_step(self) -> int:
         """Draw this step's b from the global torch RNG (seeded per step, so a resumed run draws the same)."""
         self.set_rank(self.unit * (1 + int(torch.randint(self.rank // self.unit, ()).item())))
+        self.saved = [param.detach().clone() for param, _ in self.params]
         return self.b
 
     def end_step(self) -> None:
+        """After the optimizer step: every row but this step's unit gets its value back; full rank again."""
+        with torch.no_grad():
+            for (param, dim), before in zip(self.params, self.saved):
+                frozen = self._view(self.trained, dim, param.dim(), param) == 0
+                param.copy_(torch.where(frozen, before, param))
+        self.saved = []
         self.set_rank(self.rank)
+        self.trained = torch.ones(self.rank)
 
 
 def dylora_ranks(unet: torch.nn.Module, network: NetworkConfig) -> DyLoraRanks | None:

@@ -212,25 +212,37 @@ def test_dylora_truncates_to_its_first_rows_with_scale_alpha_over_rank(pipe, tmp
         truncate_adapter(load_adapter(path), 3)
 
 
-def test_dylora_step_trains_the_first_b_rows_as_a_rank_b_lora(pipe):
-    """At rank b the live network computes exactly the truncated adapter, and only rows < b get gradient."""
+def test_dylora_step_runs_the_first_b_rows_and_updates_only_the_bth_unit(pipe):
+    """At rank b the live network computes exactly the truncated adapter; only rows b-unit..b get gradient, and
+    after the optimizer step every other row has its old value (the paper's frozen update, kohya's too)."""
     live = trained_pipe(pipe, "dylora", rank=8, dylora_unit=2)
     ranks = DyLoraRanks([live.unet], rank=8, unit=2)
-    ranks.set_rank(4)
+    drawn = set()
+    while 4 not in drawn:  # draw until b = 4 (the draws come from the global RNG, as in training)
+        drawn.add(ranks.begin_step())
+        if ranks.b != 4:
+            ranks.end_step()
     truncated = copy.deepcopy(pipe)
     merge_into(truncated, [(truncate_adapter(extract_adapter(live.unet), 4), 1.0)])
     assert relative_difference(unet_output(live), unet_output(truncated)) < 1e-5
+    params = lora_parameters(live.unet)
+    before = [p.detach().clone() for p in params]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
     live.unet.train()
-    unet_output_with_grad = live.unet(torch.randn(1, 4, 8, 8), torch.tensor([10]),
-                                      torch.randn(1, 77, live.unet.config.cross_attention_dim)).sample
-    unet_output_with_grad.square().mean().backward()
+    out = live.unet(torch.randn(1, 4, 8, 8), torch.tensor([10]),
+                    torch.randn(1, 77, live.unet.config.cross_attention_dim)).sample
+    out.square().mean().backward()
     module = live.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q
-    grad_a = module.lora_A["default"].weight.grad
-    assert grad_a[:4].abs().sum() > 0 and grad_a[4:].abs().sum() == 0
-    drawn = {ranks.begin_step() for _ in range(200)}
-    assert drawn == {2, 4, 6, 8}
+    grad_a, grad_b = module.lora_A["default"].weight.grad, module.lora_B["default"].weight.grad
+    assert grad_a[2:4].abs().sum() > 0 and grad_a[:2].abs().sum() == 0 and grad_a[4:].abs().sum() == 0
+    assert grad_b[:, 2:4].abs().sum() > 0 and grad_b[:, :2].abs().sum() == 0
+    optimizer.step()
     ranks.end_step()
+    a = module.lora_A["default"].weight
+    a0 = before[next(i for i, p in enumerate(params) if p is a)]
+    assert torch.equal(a[:2], a0[:2]) and torch.equal(a[4:], a0[4:]) and not torch.equal(a[2:4], a0[2:4])
     assert ranks.b == 8
+    assert {ranks.begin_step() for _ in range(200)} == {2, 4, 6, 8}
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -292,3 +304,38 @@ def test_presets_locon_style_and_the_lokr_alternative_of_character_are_valid():
     raw = yaml.safe_load(re.sub(r"(?m)^  # (\w+: )", r"  \1", text))
     network = config_from_dict(raw).network
     assert (network.type, network.rank, network.dropout) == ("lokr", 8, 0.0)
+
+
+def test_commands_on_every_type(pipe, tmp_path, capsys):
+    """inspect names the type, convert keeps every tensor, resize truncates a DyLoRA, merge refuses a file with a
+    LyCORIS part it cannot read, naming that key."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from sdlora.cli import main
+
+    paths = {t: file_of(trained_pipe(pipe, t, rank=4), tmp_path, t) for t in TYPES}
+    for network_type, path in paths.items():
+        assert main(["inspect", str(path), "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["network_type"] == network_type and not report["skipped_keys"]
+        out = tmp_path / f"{network_type}-converted.safetensors"
+        assert main(["convert", str(path), str(out), "--to", "kohya"]) == 0
+        assert load_file(out).keys() == load_file(path).keys()
+        capsys.readouterr()
+    assert main(["convert", str(paths["dora"]), str(tmp_path / "d.safetensors"), "--to", "diffusers"]) == 0
+    assert main(["convert", str(paths["loha"]), str(tmp_path / "h.safetensors"), "--to", "diffusers"]) == 2
+    assert "has no diffusers format" in capsys.readouterr().err
+    assert main(["resize", str(paths["dylora"]), "--rank", "2", "--out", str(tmp_path / "dy2.safetensors")]) == 0
+    assert "DyLoRA truncated from rank 4 to 2" in capsys.readouterr().out
+    assert load_adapter(tmp_path / "dy2.safetensors").ranks == {2}
+    state = load_file(paths["loha"])
+    stem = next(k for k in state if k.endswith(".hada_w1_a")).rsplit(".", 1)[0]
+    state[f"{stem}.hada_t1"] = torch.zeros(4, 4, 1, 1)  # a Tucker core: the layer cannot be read
+    save_file(state, str(tmp_path / "tucker.safetensors"))
+    code = main(["merge", "--model", "tiny", "--lora", str(tmp_path / "tucker.safetensors"), "--out",
+                 str(tmp_path / "merged")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"key {stem}.hada_" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "merged").exists()

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from sdlora.adapters.apply import AppliedAdapter
-from sdlora.adapters.io import read_adapter_file, save_adapter
+from sdlora.adapters.io import check_fully_read, read_adapter_file, save_adapter
 from sdlora.adapters.kinds import DIFFUSERS_KINDS
 from sdlora.errors import SdloraError
 from sdlora.schedulers import make_scheduler
@@ -102,6 +102,7 @@ class AdapterBlender:
             if cached:
                 return cached
         found = read_adapter_file(path)  # checks the file and says what it is when it is not a SD LoRA
+        check_fully_read(found)
         self._check_family(found)
         sha = file_sha256(found.path)
         if sha in self.adapters:

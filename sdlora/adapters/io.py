@@ -103,6 +103,21 @@ def read_adapter_file(path: Path | str) -> AdapterFile:
     return AdapterFile(Adapter(layers, metadata, family), fmt, path, dtypes, skipped)
 
 
+# Key fragments of LyCORIS layers sdlora does not read (Tucker cores, other algorithms): a file that has them is
+# only partly read, which merge and the Preview refuse rather than apply half an adapter.
+LYCORIS_FRAGMENTS = ("hada_", "lokr_", "lora_mid", "dora_scale", "oft_", "on_input", ".diff", ".w_norm", ".b_norm",
+                     "a1.weight", "glora_", "ia3")
+
+
+def check_fully_read(found: AdapterFile) -> None:
+    """SdloraError naming the first key of a LyCORIS layer that `found` could not read (mixed or unknown parts)."""
+    for key in found.skipped_keys:
+        if any(fragment in key for fragment in LYCORIS_FRAGMENTS):
+            raise SdloraError(f"{found.path}: key {key} is a LyCORIS part sdlora cannot read (a Tucker core, another "
+                              f"algorithm, or parts of two kinds on one module); sdlora reads LoRA/LoCon, DoRA, LoHa "
+                              f"and LoKr layers without Tucker decomposition")
+
+
 def detect_format(state: dict[str, torch.Tensor]) -> str:
     """'kohya' when the keys are kohya-style (`lora_unet_...lora_down.weight`), else 'diffusers'."""
     kohya = sum(key.startswith(tuple(formats.KOHYA_PREFIXES)) for key in state)

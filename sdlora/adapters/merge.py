@@ -86,12 +86,14 @@ def save_pipeline_atomically(pipe: Any, out_dir: Path | str) -> Path:
 def merge(model: str, loras: Iterable[tuple[Path | str, float]], out_dir: Path | str) -> Path:
     """Load `model` ('tiny' or a diffusers folder), merge the weighted LoRA files, save a diffusers folder."""
     from sdlora.adapters.blend import check_weight
-    from sdlora.adapters.io import load_adapter
+    from sdlora.adapters.io import check_fully_read, load_adapter, read_adapter_file
     from sdlora.models.loading import load_pipeline
 
     loras = list(loras)
     if not loras:
         raise SdloraError("merge: no LoRA given; name at least one with --lora FILE[:WEIGHT]")
+    for path, _ in loras:
+        check_fully_read(read_adapter_file(path))
     pairs = [(load_adapter(path), check_weight(weight, str(path))) for path, weight in loras]
     pipe = load_pipeline(model)
     merge_into(pipe, pairs, sources=[str(path) for path, _ in loras])
