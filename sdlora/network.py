@@ -66,7 +66,15 @@ def _inject(model: torch.nn.Module, network: NetworkConfig, targets, seed: int) 
         # The init of A draws from the global RNG: seed it so the same seed gives the same adapter.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model.add_adapter(lora_config(network, targets, conv_names), adapter_name=ADAPTER_NAME)
+            config = lora_config(network, targets, conv_names)
+            if hasattr(model, "set_adapters"):  # a diffusers model: its own PEFT integration (enable/disable)
+                model.add_adapter(config, adapter_name=ADAPTER_NAME)
+            else:
+                # peft directly, not transformers' add_adapter: transformers gates its PEFT integration on peft
+                # versions newer than some PyPI has (5.24 wants peft >= 0.22), and we need only the layers.
+                from peft import inject_adapter_in_model
+
+                inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
         if network.type == "lokr":
             _lokr_full_scale(model)
         # fp32 LoRA whatever the base precision: updates are tiny relative to the values, and fp16/bf16 would

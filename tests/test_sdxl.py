@@ -77,7 +77,7 @@ def test_full_size_sdxl_configs_have_the_published_sizes_and_kohya_names_round_t
 def sdxl_run(tmp_path_factory):
     """A tiny SDXL folder and one `sdlora train` run on it: bucketed non-square images, disk cache, samples."""
     from sdlora.models.architectures import random_sdxl_pipeline
-    from sdlora.models.tiny import save_pipeline_folder
+    from sdlora.models.storage import save_pipeline_folder
 
     root = tmp_path_factory.mktemp("sdxl")
     save_pipeline_folder(random_sdxl_pipeline(seed=0, tiny=True), root / "model")

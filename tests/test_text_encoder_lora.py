@@ -188,6 +188,10 @@ def test_refused_for_sdxl_and_lcm(shapes_dir, tmp_path, monkeypatch):
     config = make_config(shapes_dir, tmp_path / "out")
     with pytest.raises(SdloraError, match="not supported for SDXL yet"):
         Trainer(config, new_run(config), EventBus()).setup()
+    from sdlora.commands.train import dry_run
+
+    with pytest.raises(SdloraError, match="not supported for SDXL yet"):  # --dry-run refuses what train refuses
+        dry_run(config)
 
 
 def test_samples_during_training_use_the_trained_text_encoder(trained, tmp_path):
@@ -201,11 +205,16 @@ def test_samples_during_training_use_the_trained_text_encoder(trained, tmp_path)
     trainer.sample(99)
     with_lora = np.asarray(Image.open(trainer.paths.samples / "step-000099" / "00.png"), dtype=np.float32)
     assert te.training  # sampling put the text encoder back in train mode
-    te.disable_adapters()
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    lora_layers = [m for m in te.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in lora_layers:  # the LoRA injected through peft directly: switch it off layer by layer
+        layer.enable_adapters(False)
     try:
         trainer.sample(100)
     finally:
-        te.enable_adapters()
+        for layer in lora_layers:
+            layer.enable_adapters(True)
     without = np.asarray(Image.open(trainer.paths.samples / "step-000100" / "00.png"), dtype=np.float32)
     print(f'sample pixel difference {np.abs(with_lora - without).mean():.3g}')
     assert np.abs(with_lora - without).mean() > 0.5  # pixel levels: the text encoder's LoRA shapes the sample

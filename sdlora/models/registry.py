@@ -40,7 +40,7 @@ class BuiltinModel:
         """The model's folder, built first if it is not there yet."""
         path = self.path
         if not (path / "model_index.json").is_file():
-            from sdlora.models.tiny import save_pipeline_folder
+            from sdlora.models.storage import save_pipeline_folder
 
             save_pipeline_folder(self.build(), path)
         return path

@@ -37,6 +37,7 @@ from sdlora.models import ldm_configs as cfgs
 from sdlora.models.checkpoint_file import PICKLE_SUFFIXES, content_hash, read_checkpoint
 from sdlora.models.family import check_override, parse_family
 from sdlora.models.registry import cache_dir
+from sdlora.models.storage import hub_key
 
 CONVERTER_VERSION = "1"
 VAE_PREFIX = "first_stage_model."
@@ -187,7 +188,7 @@ def _meta_model(build):
 
 def _check_keys(model: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, ref: str) -> None:
     """A key-map slip must be an error, not a layer left at random init."""
-    want = {_hub_key(k) if what.startswith("CLIP") else k: tuple(v.shape) for k, v in model.state_dict().items()}
+    want = {hub_key(k) if what.startswith("CLIP") else k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(want) - set(sd))
     extra = sorted(set(sd) - set(want))
     wrong = sorted(k for k in set(want) & set(sd) if tuple(sd[k].shape) != want[k])
@@ -196,11 +197,6 @@ def _check_keys(model: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, 
         raise SdloraError(f"model '{ref}': the {what} weights do not fit the layout read from the file "
                           f"({len(missing)} missing, {len(extra)} unexpected, {len(wrong)} of another shape, e.g. "
                           f"{first}); set model_family if the family was guessed wrong, else the file is unusual")
-
-
-def _hub_key(key: str) -> str:
-    """transformers 5 names CLIPTextModel's weights without `text_model.`; files keep it (4.x and 5.x read it)."""
-    return key if key.startswith(("text_model.", "text_projection.")) else "text_model." + key
 
 
 def _save_weights(sd: dict[str, torch.Tensor], file: Path) -> None:

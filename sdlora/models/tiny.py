@@ -156,19 +156,3 @@ def build_tiny_pipeline(seed: int = 0):
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-
-
-def save_pipeline_folder(pipeline, dest: Path, *, fp16: bool = False) -> None:
-    """Write `pipeline` as a diffusers-format folder at `dest`, atomically (built beside it, then renamed)."""
-    from sdlora.atomic import atomic_dir
-
-    with atomic_dir(dest) as tmp:
-        if fp16:
-            pipeline = pipeline.to(torch.float16)
-        pipeline.save_pretrained(tmp, safe_serialization=True)
-        if pipeline.tokenizer.get_vocab() == build_clip_vocab(TINY_WORDS)[0]:
-            # Newer transformers save only tokenizer.json; add the vocab.json/merges.txt that 4.x's slow
-            # CLIPTokenizer needs, so the folder loads with every transformers version the project allows.
-            write_tokenizer(tmp / "tokenizer")
-            if getattr(pipeline, "tokenizer_2", None) is not None:  # an SDXL pipeline built with the same vocabulary
-                write_tokenizer(tmp / "tokenizer_2")

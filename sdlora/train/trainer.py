@@ -21,13 +21,15 @@ from sdlora.config import Config
 from sdlora.data import SampleKey, TrainDataset, build_dataset, collate
 from sdlora.errors import SdloraError
 from sdlora.events import EventBus
-from sdlora.network import (add_lora, add_text_encoder_lora, count_parameters, dylora_ranks, extract_adapter,
-                             load_into, lora_parameters)
+from sdlora.network import count_parameters, dylora_ranks, extract_adapter, load_into, lora_parameters
 from sdlora.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from sdlora.train.compiled import compile_step_model, mark_step_begin, use_compile, use_cuda_graphs
 from sdlora.train.distributed import GradientSync, any_process, is_distributed, mean_across_processes
 from sdlora.train.encode import BatchEncoder, set_vae_memory
+from sdlora.train.fp8 import check_fp8_supported, convert_frozen_linears
+from sdlora.train.memory import memory_watch
 from sdlora.train.metadata import adapter_metadata
+from sdlora.train.model_setup import setup_model
 from sdlora.train.objective import make_objective
 from sdlora.train.optim import make_lr_scheduler, make_optimizer
 from sdlora.train.rundir import RunPaths
@@ -91,14 +93,6 @@ class MicroBatchPlan:
             index = (epoch + 1) * self.per_epoch
 
 
-def text_encoders(components) -> dict[str, torch.nn.Module]:
-    """The model's text encoders by component name: "text_encoder", and SDXL's "text_encoder_2" when loaded."""
-    encoders = {"text_encoder": components.text_encoder}
-    if components.text_encoder_2 is not None:
-        encoders["text_encoder_2"] = components.text_encoder_2
-    return encoders
-
-
 def collect_warnings(events: EventBus):
     """Route `warnings.warn` from the library (e.g. a missing caption) into `warning` events."""
     @contextlib.contextmanager
@@ -122,12 +116,12 @@ class Trainer:
         self.dtype = DTYPES[config.train.mixed_precision]
         if self.device.type == "cpu" and self.dtype == torch.float16:
             raise SdloraError("train.mixed_precision: fp16 needs a GPU; use bf16 or no on the CPU")
+        if config.train.base_precision == "fp8":
+            check_fp8_supported(self.device, config.train.mixed_precision)
 
     # ------------------------------------------------------------------------------------------ set-up
     def setup(self) -> None:
         from accelerate import Accelerator
-
-        from sdlora.models import load_components
 
         from accelerate.state import AcceleratorState
 
@@ -140,31 +134,31 @@ class Trainer:
         self.device = self.accelerator.device
         with collect_warnings(self.events):
             self.dataset = build_dataset(cfg.data)
-        # Frozen parts live in the training precision: no fp32 copies of the base weights.
-        self.components = load_components(cfg.model, dtype=self.dtype, **cfg.model_options)
+        # Frozen parts live in the training precision: no fp32 copies of the base weights. The same set-up as
+        # --dry-run's (model_setup.py): loading, the config's checks against the model, the LoRA.
+        with collect_warnings(self.events):
+            model = setup_model(cfg, dtype=self.dtype)
+        self.components, self.target_modules, self.text_encoders = (model.components, model.target_modules,
+                                                                    model.text_encoders)
         c = self.components
         for module in (c.vae, c.text_encoder, c.text_encoder_2):
             if module is not None:  # text_encoder_2: SDXL only
-                module.requires_grad_(False).eval().to(self.device)
+                module.to(self.device)
         if self.dtype == torch.float16 and getattr(c.vae.config, "force_upcast", False):
             # SDXL's VAE overflows in fp16 (its config says force_upcast): it encodes in fp32, as diffusers does.
             c.vae.to(torch.float32)
         largest = max(cfg.data.bucket_max, cfg.data.resolution) if cfg.data.buckets else cfg.data.resolution
         set_vae_memory(c.vae, cfg.data.vae_tiling, largest)
-        self.target_modules = add_lora(c.unet, cfg.network, seed=cfg.train.seed)
-        self.dylora = dylora_ranks(c.unet, cfg.network)  # network.type dylora: a random rank per step
         if cfg.train.gradient_checkpointing:
             c.unet.enable_gradient_checkpointing()
         c.unet.to(self.device).train()
-        # network.text_encoder: a LoRA on each text encoder, trained in train mode (LoRA dropout as in the UNet).
-        self.text_encoders = {}
-        if cfg.network.text_encoder:
-            if c.family == "sdxl":
-                raise SdloraError("network.text_encoder: not supported for SDXL yet; set it false")
-            self.text_encoders = text_encoders(c)
-            for module in self.text_encoders.values():
-                self.target_modules += add_text_encoder_lora(module, cfg.network, seed=cfg.train.seed)
-                module.to(self.device).train()
+        self.dylora = dylora_ranks(c.unet, cfg.network)  # network.type dylora: a random rank per step
+        if cfg.train.base_precision == "fp8":  # the LoRA is in (setup_model): peft's frozen base layers go float8
+            convert_frozen_linears(c.unet)
+        self.memory_watch = memory_watch(self.device, cfg.train)
+        # network.text_encoder: each text encoder with a LoRA trains in train mode (LoRA dropout as in the UNet).
+        for module in self.text_encoders.values():
+            module.to(self.device).train()
         # One list of all trainable parameters, UNet first: what clipping and GradientSync's flat buffer cover.
         groups = [{"params": lora_parameters(c.unet)}]
         if self.text_encoders:
@@ -243,6 +237,9 @@ class Trainer:
         now = time.perf_counter()
         rate = round(samples_per_step * len(pending) / max(now - self.window_start, 1e-9), 3)
         self.window_start = now
+        memory_message = self.memory_watch.check(pending[-1][0]) if self.memory_watch is not None else None
+        if memory_message:
+            self.events.emit("warning", step=pending[-1][0], message=memory_message)
         lr = self.lr_scheduler.get_last_lr()[0]
         for (step, _), value in zip(pending, values):
             if not math.isfinite(value):
