@@ -8,7 +8,8 @@ trained at those ranks with the same steps; denoising error on held-out images (
 
 Every adapter is evaluated from its file: read, merged into a fresh tiny UNet (`merge_into`), then scored.
     OMP_NUM_THREADS=1 python bench/network_types.py --steps 200 --out bench/results/network_types.json
-The parts can run as separate processes (--types 0,1 / --types none --dylora / --types none --lora-ranks 2,4).
+The parts can run as separate processes (--types 0,1 / --types none --dylora / --types none --lora-ranks 2,4);
+`--step-time 20` times one training step per type, the types taking turns; `--render FILE...` prints the tables.
 """
 
 from __future__ import annotations
@@ -113,9 +114,13 @@ def main() -> None:
     parser.add_argument("--dylora", action="store_true", help="train the rank-16 DyLoRA and score its truncations")
     parser.add_argument("--lora-ranks", default="", help="comma-separated ranks of separate LoRAs for table 2")
     parser.add_argument("--render", nargs="+", type=Path, help="print the markdown tables of these result files")
+    parser.add_argument("--step-time", type=int, default=0, metavar="ROUNDS",
+                        help="only time a training step of each type, interleaved over ROUNDS rounds")
     args = parser.parse_args()
     if args.render:
         return render(args.render)
+    if args.step_time:
+        return step_times(args.step_time)
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="sdlora-netypes-"))
     train_dir, held_dir = split_demo(root)
@@ -147,6 +152,41 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     shutil.rmtree(root, ignore_errors=True)
+
+
+def step_times(rounds: int) -> None:
+    """Forward + backward + AdamW step of the UNet with each type's adapter, batch 4 at 64 px (8x8 latents): the
+    types take turns, round after round, so a busy machine slows them alike; the median per type is printed."""
+    from sdlora.config import NetworkConfig
+    from sdlora.network import add_lora, dylora_ranks, lora_parameters
+
+    torch.set_num_threads(1)
+    nets = {}
+    for label, network in TYPES.items():
+        unet = load_components("tiny").unet
+        config = NetworkConfig(**{"rank": 8, "alpha": 8, "targets": TARGETS, **network})
+        add_lora(unet, config, seed=0)
+        nets[label] = (unet.train(), torch.optim.AdamW(lora_parameters(unet), lr=1e-4), dylora_ranks(unet, config))
+    g = torch.Generator().manual_seed(0)
+    latents, text = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 77, nets[label][0].config.cross_attention_dim,
+                                                                         generator=g)
+    t = torch.randint(0, 1000, (4,), generator=g)
+    times = {label: [] for label in nets}
+    for _ in range(rounds + 1):  # the first round warms up
+        for label, (unet, optimizer, ranks) in nets.items():
+            start = time.perf_counter()
+            if ranks:
+                ranks.begin_step()  # DyLoRA's mask and, after the step, its frozen rows put back
+            optimizer.zero_grad()
+            unet(latents, t, text).sample.square().mean().backward()
+            optimizer.step()
+            if ranks:
+                ranks.end_step()
+            times[label].append(time.perf_counter() - start)
+    for label, values in times.items():
+        values = sorted(values[1:])
+        print(json.dumps({"type": label, "median_s": round(values[len(values) // 2], 4),
+                          "min_s": round(values[0], 4)}), flush=True)
 
 
 def render(files: list[Path]) -> None:
