@@ -19,7 +19,7 @@ from sdlora.errors import SdloraError
 
 # Subcommand modules, in the order `sdlora --help` lists them.
 COMMAND_MODULES = ["train", "generate", "inspect", "convert", "merge", "resize", "dataset", "models", "caption",
-                   "queue"]
+                   "queue", "grid"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,7 +65,9 @@ def _widget(field: Field, ctx: AppContext, value) -> gr.components.Component:
 
 
 def _loss_frame(view: RunView) -> pd.DataFrame:
-    return pd.DataFrame(view.losses or [], columns=["step", "loss"]).astype({"step": int, "loss": float})
+    """Training loss per step, and the validation loss (data.validation_*) as a second series."""
+    rows = [(s, v, "train") for s, v in view.losses] + [(s, v, "validation") for s, v in view.validation]
+    return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"step": int, "loss": float})
 
 
 def _status(view: RunView, run_dir: Path | None, ctx: AppContext) -> str:
@@ -147,8 +149,8 @@ def build(ctx: AppContext) -> None:
     status = gr.Markdown(elem_id="train-status")
     progress = gr.HTML(RunView().progress_html(), elem_id="train-progress")
     with gr.Row(equal_height=False):
-        loss_plot = gr.LinePlot(_loss_frame(RunView()), x="step", y="loss", title="Loss", height=260,
-                                elem_id="train-loss")
+        loss_plot = gr.LinePlot(_loss_frame(RunView()), x="step", y="loss", color="series", title="Loss",
+                                height=260, elem_id="train-loss")
         samples = gr.Gallery(label="Latest samples", columns=4, height=260, interactive=False,
                              elem_id="train-samples")
     log = gr.Textbox(label="Log", lines=8, max_lines=8, autoscroll=True, elem_id="train-log")

@@ -142,7 +142,8 @@ def dry_run(config: Config) -> int:
     """Print the resolved config, the data, the network size and the plan; touch nothing."""
     import torch
 
-    from sdlora.data.dataset import build_dataset, summarize
+    from sdlora.data.dataset import build_dataset
+    from sdlora.data.summary import summarize
     from sdlora.train.trainer import collect_warnings
     from sdlora.events import ConsoleReporter, EventBus
     from sdlora.network import TEXT_ENCODER_TARGETS, count_parameters

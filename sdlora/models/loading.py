@@ -157,12 +157,14 @@ def load_pipeline(ref: str, *, dtype: torch.dtype = torch.float32, family: str =
                   allow_pickle: bool = False, vae: str | None = None):
     """The whole pipeline of `ref` (StableDiffusionPipeline, or StableDiffusionXLPipeline for SDXL), for
     sampling and previews."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
     path = resolve_model(ref, family=family, allow_pickle=allow_pickle, vae=vae)
     detected, prediction = detect_family(path, family)
     try:
         with quiet_loading():
+            # Imported here, quietly: importing the pipelines makes transformers warn about image processors
+            # (torchvision-less fallbacks) that Stable Diffusion never uses.
+            from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
             if detected == "sdxl":
                 pipe = StableDiffusionXLPipeline.from_pretrained(path, local_files_only=True, dtype=dtype)
             else:

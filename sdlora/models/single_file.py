@@ -34,9 +34,10 @@ import yaml
 from sdlora.atomic import atomic_dir
 from sdlora.errors import SdloraError
 from sdlora.models import ldm_configs as cfgs
-from sdlora.models.checkpoint_file import PICKLE_SUFFIXES, content_hash, read_checkpoint
+from sdlora.hashing import file_sha256
+from sdlora.models.checkpoint_file import PICKLE_SUFFIXES, read_checkpoint
 from sdlora.models.family import check_override, parse_family
-from sdlora.models.registry import cache_dir
+from sdlora.userdata import cache_dir
 from sdlora.models.storage import hub_key
 
 CONVERTER_VERSION = "1"
@@ -55,7 +56,7 @@ def single_file_folder(path: Path, *, family: str = "auto", allow_pickle: bool =
         raise SdloraError(f"vae '{vae}': no such file or folder")
     side_yaml = path.with_suffix(".yaml")
     key_parts = {
-        "file": content_hash(path, cache_dir() / "hashes"), "family": family or "auto", "v": CONVERTER_VERSION,
+        "file": file_sha256(path, cache_dir() / "hashes"), "family": family or "auto", "v": CONVERTER_VERSION,
         "vae": _source_hash(vae_path) if vae_path else None,
         "yaml": hashlib.sha256(side_yaml.read_bytes()).hexdigest() if side_yaml.is_file() else None,
     }
@@ -75,7 +76,7 @@ def single_file_folder(path: Path, *, family: str = "auto", allow_pickle: bool =
 
 def _source_hash(path: Path) -> str:
     if path.is_file():
-        return content_hash(path, cache_dir() / "hashes")
+        return file_sha256(path, cache_dir() / "hashes")
     files = sorted(p for p in path.rglob("*") if p.is_file())
     return hashlib.sha256("|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
                                    for p in files).encode()).hexdigest()
@@ -324,7 +325,7 @@ def read_checkpoint_vae(path: Path):
 def _write_scheduler(folder: Path, family: str, prediction: str) -> None:
     from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
-    from sdlora.models.tiny import SD_SCHEDULER
+    from sdlora.models.ldm_configs import SD_SCHEDULER
 
     if family == "sdxl":  # SDXL base's own scheduler config
         scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,

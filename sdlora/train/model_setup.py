@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import torch
 
 from sdlora.config import Config
-from sdlora.errors import SdloraError
 from sdlora.network import add_lora, add_text_encoder_lora
 
 # The UNet blocks kohya's own loader (sd-scripts networks/lora.py) builds LoRA modules in: attention
@@ -51,12 +50,15 @@ def setup_model(config: Config, dtype: torch.dtype = torch.float32) -> ModelSetu
     `warning` events) for what will train but not load everywhere."""
     from sdlora.models import load_components
 
+    from sdlora.train.optim import check_optimizer
+    from sdlora.train.recipe import check_recipe
+
     components = load_components(config.model, dtype=dtype, **config.model_options)
+    check_recipe(config, components)  # recipe combinations this model cannot train (zero_terminal_snr, ...)
+    check_optimizer(config.train)  # the optimizer's package and train.optimizer_args
     for module in (components.vae, components.text_encoder, components.text_encoder_2):
         if module is not None:  # text_encoder_2: SDXL only. Frozen; a text-encoder LoRA below adds trainables
             module.requires_grad_(False).eval()
-    if config.network.text_encoder and components.family == "sdxl":
-        raise SdloraError("network.text_encoder: not supported for SDXL yet; set it false")
     target_modules = add_lora(components.unet, config.network, seed=config.train.seed)
     skipped = kohya_skipped(target_modules)
     if skipped:
