@@ -248,7 +248,9 @@ def test_dylora_step_runs_the_first_b_rows_and_updates_only_the_bth_unit(pipe):
 # ------------------------------------------------------------------------------------------------ training
 
 
-@pytest.mark.parametrize("network_type", TYPES)
+# 20 steps each; LoRA and LoKr run by default, the other types (also trained by the resume test) under slow.
+@pytest.mark.parametrize("network_type", ["lora", "lokr", *(pytest.param(t, marks=pytest.mark.slow)
+                                                            for t in ("dora", "loha", "dylora"))])
 def test_each_type_trains_and_lowers_the_denoising_error(shapes_dir, tmp_path, network_type):
     from test_trainer import fixed_batch_loss
 
