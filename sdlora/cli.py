@@ -13,9 +13,11 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 from sdlora import __version__
 from sdlora.errors import SdloraError
+from sdlora.text import printable
 
 # Subcommand modules, in the order `sdlora --help` lists them.
 COMMAND_MODULES = ["train", "generate", "inspect", "convert", "merge", "resize", "dataset", "models", "caption",
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    warnings.showwarning = _one_line_warnings(args.command, warnings.showwarning)
     try:
         if not os.environ.get("SDLORA_SKIP_VERSION_CHECK"):
             from sdlora.versions import check_versions
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except SdloraError as exc:
         if debug:
             raise
-        print(f"sdlora {args.command}: error: {exc}", file=sys.stderr)
+        print(f"sdlora {args.command}: error: {printable(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C (the first stops training cleanly, saves and exits 0)
         print(f"sdlora {args.command}: interrupted; nothing saved since the last checkpoint", file=sys.stderr)
@@ -82,6 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sdlora {args.command}: failed: {type(exc).__name__}: {detail} (rerun with --debug for the "
               f"traceback)", file=sys.stderr)
         return 1
+
+
+def _one_line_warnings(command: str, default):
+    """sdlora's own warnings (a skipped key, layers the model lacks) as one line each, like its errors."""
+    package = os.path.dirname(os.path.abspath(__file__))
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not os.path.abspath(filename).startswith(package + os.sep):
+            return default(message, category, filename, lineno, file, line)
+        print(f"sdlora {command}: warning: {printable(str(message))}", file=file or sys.stderr)
+    return show
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ def lora_config(network: NetworkConfig, targets: list[str] | tuple[str, ...] | N
 
     `conv_names`: the Conv2d targets with a kernel larger than 1x1, which take network.conv_rank/conv_alpha (as
     kohya's LoCon and LyCORIS give 1x1 convolutions the linear rank)."""
+    from sdlora.quiet import import_bitsandbytes_quietly
+
+    import_bitsandbytes_quietly()  # peft imports it too
     from peft import LoHaConfig, LoKrConfig, LoraConfig
 
     patterns = {}
@@ -278,15 +281,3 @@ def dylora_ranks(unet: torch.nn.Module, network: NetworkConfig) -> DyLoraRanks |
     """The rank sampler of a DyLoRA network (None for every other network.type)."""
     return DyLoraRanks([unet], network.rank, network.dylora_unit) if network.type == "dylora" else None
 
-
-# What a checkpoint's tensors are shaped by: none of these may change on --resume.
-SHAPING_KEYS = ("type", "rank", "conv_rank", "lokr_factor", "dylora_unit", "targets", "text_encoder")
-
-
-def check_same_network(saved: NetworkConfig, wanted: NetworkConfig) -> None:
-    """On --resume, a change to a key that shapes the adapter is an error naming it, never a silent restart."""
-    for key in SHAPING_KEYS:
-        before, after = getattr(saved, key), getattr(wanted, key)
-        if before != after:
-            raise SdloraError(f"network.{key}: the run was trained with {before!r}, --set asks for {after!r}; a "
-                              f"checkpoint cannot change it on --resume, start a new run (--set name=...) instead")

@@ -283,11 +283,12 @@ def test_changing_the_network_on_resume_is_a_one_line_error(tmp_path):
     run.mkdir()
     (run / "config.yaml").write_text(config_from_dict({"name": "run", "network": {"type": "lora"}}).to_yaml())
     open_run(run, ["train.steps=2000"])  # more steps: fine
-    with pytest.raises(SdloraError, match=r"network.type: the run was trained with 'lora'.*'lokr'") as err:
-        open_run(run, ["network.type=lokr"])
-    assert "\n" not in str(err.value)
-    with pytest.raises(SdloraError, match="network.rank: the run was trained with 16"):
-        open_run(run, ["network.rank=8"])
+    for override, message in (("network.type=lokr", r"network.type: cannot change on --resume.*'lora'.*'lokr'"),
+                              ("network.rank=8", r"network.rank: cannot change on --resume.*16"),
+                              ("network.conv_rank=4", r"network.conv_rank: cannot change on --resume")):
+        with pytest.raises(SdloraError, match=message) as err:
+            open_run(run, [override])
+        assert "\n" not in str(err.value)
 
 
 def test_presets_locon_style_and_the_lokr_alternative_of_character_are_valid():

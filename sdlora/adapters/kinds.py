@@ -79,6 +79,9 @@ class LohaLayer:
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"w1_a": self.w1_a, "w1_b": self.w1_b, "w2_a": self.w2_a, "w2_b": self.w2_b}
 
+    def delta_shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)  # a conv's kernel is flattened into in_features
+
     def matrix(self) -> torch.Tensor:
         """dW as [out, in·kh·kw], fp32 (LyCORIS functional/loha.py, `diff_weight`)."""
         return self.scale * ((self.w1_a.float() @ self.w1_b.float()) * (self.w2_a.float() @ self.w2_b.float()))
@@ -136,6 +139,9 @@ class LokrLayer:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in LOKR_FACTORS if getattr(self, name) is not None}
+
+    def delta_shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)  # a conv's kernel is flattened into in_features
 
     def matrix(self) -> torch.Tensor:
         """dW as [out, in·kh·kw], fp32. A 4-D w2 flattened first gives the same matrix as the 4-D Kronecker
