@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 import warnings
@@ -40,20 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # not built yet
             raise
         module.register(sub)
+    from sdlora.commands import helptext
+
+    helptext.apply(sub.choices)
     return parser
-
-
-def quiet_unrelated_notices() -> None:
-    """Our process, our terminal: silence the one import-time notice that concerns nothing sdlora does.
-
-    bitsandbytes (imported by peft) logs a warning on CPUs with AVX512-BF16 when the optional `kernels` package
-    for its 4-bit CPU inference is missing; every command would print it first. Only that logger is touched."""
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    quiet_unrelated_notices()
     argv = list(sys.argv[1:] if argv is None else argv)
     # --debug may come anywhere on the line.
     debug = "--debug" in argv

@@ -45,6 +45,18 @@ def test_find_and_replace_in_all_captions(tmp_path):
     assert captions.replace_text(folder, "", "x") == 0
 
 
+def test_a_bulk_edit_is_planned_before_it_is_written_and_can_be_undone_exactly(tmp_path):
+    folder = make_shape_folder(tmp_path / "set", count=3)
+    (folder / "img002.txt").unlink()
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    plan = captions.plan_trigger(folder, "sks")
+    assert [c.image.name for c in plan] == ["img000.png", "img001.png", "img002.png"]
+    assert plan[0].new.startswith("sks, a ") and plan[2].old is None and plan[2].new == "sks"
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # planning writes nothing
+    assert captions.apply_changes(plan) == 3
+    assert (folder / "img002.txt").read_text() == "sks\n"
+    assert captions.undo_changes(plan) == 3
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # byte for byte, img002.txt gone again
 def test_a_caption_symlinked_outside_the_allowed_folders_is_refused_by_name(tmp_path):
     from ui.check_view import checked
     from ui.paths import Roots

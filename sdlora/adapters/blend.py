@@ -22,6 +22,7 @@ from sdlora.adapters.check import check_fit, only
 from sdlora.adapters.io import check_fully_read, read_adapter_file, save_adapter
 from sdlora.adapters.kinds import DIFFUSERS_KINDS
 from sdlora.errors import SdloraError
+from sdlora.models.loading import quiet_loading
 from sdlora.hashing import file_sha256  # noqa: F401  (serving.py and batched.py take it from here too)
 from sdlora.schedulers import make_scheduler
 
@@ -141,7 +142,8 @@ class AdapterBlender:
             return loaded
         with tempfile.TemporaryDirectory(prefix="sdlora-blend-") as tmp:
             normalised = save_adapter(adapter, Path(tmp) / "adapter.safetensors", fmt="diffusers", dtype=None)
-            self.pipe.load_lora_weights(str(normalised), adapter_name=loaded.name)
+            with quiet_loading():  # diffusers' per-file progress bar: our own output says what loaded
+                self.pipe.load_lora_weights(str(normalised), adapter_name=loaded.name)
         self.adapters[sha] = loaded
         self._apply()  # a freshly loaded adapter is active in diffusers until told otherwise
         return loaded
