@@ -57,10 +57,14 @@ def make_data(args, folder: Path) -> tuple[Path, Path]:
     return data, reg
 
 
-def count_rings(images) -> int:
+def ring_flags(images) -> list[bool]:
     from sdlora.procedural.detect import detect
 
-    return sum(bool(d and d.is_ring) for d in map(detect, images))
+    return [bool(d and d.is_ring) for d in map(detect, images)]
+
+
+def count_rings(images) -> int:
+    return sum(ring_flags(images))
 
 
 def evaluate(adapter: Path, guidance: float, steps: int, seeds: list[int], mid: Path | None, device: str) -> dict:
@@ -78,6 +82,7 @@ def evaluate(adapter: Path, guidance: float, steps: int, seeds: list[int], mid: 
         out[f"w{weight:g}"] = count_rings(images[:len(use)])
         if weight == 1.0:
             out["leak"] = count_rings(images[len(use):])
+            out["ring_seeds_w1"] = [s for s, ring in zip(use, ring_flags(images[:len(use)])) if ring]
     if mid is not None:
         blender.set_weights({mid: 1.0})
         out["mid_w1"] = count_rings(ev.generate(blender.pipe, ev.jobs([PROMPT], seeds), steps=steps,
