@@ -81,7 +81,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from sdlora.models.architectures import random_sd15_pipeline
-    from sdlora.models.tiny import save_pipeline_folder
+    from sdlora.models.storage import save_pipeline_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

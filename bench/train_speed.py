@@ -33,7 +33,7 @@ ARCH_RESOLUTION = {"sd15": 512, "sdxl": 1024, "sdxl-tiny": 64}
 def build_model(arch: str, dest: Path) -> Path:
     """A random-weight pipeline folder of `arch` at `dest` (fp16 on disk, as checkpoints are shipped)."""
     from sdlora.models.architectures import random_sd15_pipeline, random_sdxl_pipeline
-    from sdlora.models.tiny import save_pipeline_folder
+    from sdlora.models.storage import save_pipeline_folder
 
     pipe = random_sd15_pipeline() if arch == "sd15" else random_sdxl_pipeline(tiny=arch == "sdxl-tiny")
     save_pipeline_folder(pipe, dest, fp16=True)
@@ -166,7 +166,8 @@ def run_one(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) ->
         "data": {"dir": str(data_dir), "resolution": args.resolution, "num_workers": args.workers,
                  "cache": args.cache},
         "network": {"rank": args.rank, "alpha": args.rank},
-        "train": {"steps": steps, "batch_size": batch, "lr": 1e-4, "mixed_precision": args.precision,
+        "train": {"steps": steps, "batch_size": batch, "lr": args.lr, "mixed_precision": args.precision,
+                  "seed": args.seed, "base_precision": args.base_precision,
                   "gradient_checkpointing": args.gradient_checkpointing, "compile": args.compile,
                   "channels_last": args.channels_last, "optimizer": args.optimizer,
                   "cuda_graphs": args.cuda_graphs},
@@ -191,6 +192,8 @@ def run_one(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) ->
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     trainer.run()
+    peak_gib = round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+    val = validation_loss(trainer, model_dir) if args.val else {}
     last = max(step_times)
     s_per_step = (step_times[last] - step_times[args.warmup]) / (last - args.warmup)
     first = min(step_times)
@@ -200,11 +203,48 @@ def run_one(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) ->
         "batch": batch,
         "samples_per_s": round(batch / s_per_step, 2),
         "s_per_step": round(s_per_step, 4),
-        "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+        "peak_gpu_mem_gib": peak_gib,
+        "base_precision": args.base_precision,
+        "seed": args.seed,
         "setup_s": round(setup_s, 1),
         "first_step_s": round(first_step_s, 1),
         "final_loss": losses[-1],
+        **val,
     }
+
+
+def validation_loss(trainer, model_dir: Path, samples: int = 32, draws: int = 4) -> dict:
+    """The denoising loss on fixed data after training: the first `samples` training images, fixed noise and
+    timesteps (`draws` seeded draws each), through a fresh base UNet (in the training precision) carrying the trained LoRA, i.e. the
+    adapter as it is used, whatever base_precision trained it. Also the same loss with the LoRA at its init."""
+    from sdlora.data import SampleKey, collate
+    from sdlora.models import load_components
+    from sdlora.network import add_lora, extract_adapter, load_into
+
+    cfg = trainer.config
+    c = load_components(str(model_dir), dtype=trainer.dtype)
+    add_lora(c.unet, cfg.network, seed=cfg.train.seed)
+    unet = c.unet.to(trainer.device).eval()
+    count = min(samples, len(trainer.dataset.records))
+
+    def loss() -> float:
+        values = []
+        with torch.no_grad(), trainer.accelerator.autocast():
+            for start in range(0, count, 8):
+                batch = collate([trainer.dataset[SampleKey(i, False, 0)] for i in range(start, min(start + 8, count))])
+                for draw in range(draws):
+                    g = torch.Generator(trainer.device).manual_seed(draw)
+                    latents, cond = trainer.encoder(batch, g)
+                    values.append(trainer.objective(unet, latents, cond, g).float().mean().item())
+        return sum(values) / len(values)
+
+    before = loss()
+    load_into(unet, extract_adapter(trainer.unet))
+    after = loss()
+    del unet, c
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return {"val_loss_lora_init": round(before, 6), "val_loss": round(after, 6)}
 
 
 def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) -> dict:
@@ -281,6 +321,14 @@ def main() -> None:
     parser.add_argument("--baseline-batch", type=int, nargs="*", default=[],
                         help="batch sizes of the baseline loop (default: those of --batch)")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=42, help="train.seed (LoRA init, data order, noise)")
+    parser.add_argument("--base-precision", default="auto", choices=["auto", "fp8"], help="train.base_precision")
+    parser.add_argument("--val", action="store_true",
+                        help="after each run, the denoising loss on fixed data (validation_loss)")
+    parser.add_argument("--model-dir", type=Path, help="reuse this random-weight model folder (built if missing)")
+    parser.add_argument("--data-dir", type=Path, help="reuse this image folder (made if missing)")
+    parser.add_argument("--skip-flops", action="store_true", help="no FLOP count or matmul rate (chip %% not shown)")
     args = parser.parse_args()
     args.resolution = args.resolution or ARCH_RESOLUTION[args.arch]
 
@@ -290,8 +338,12 @@ def main() -> None:
     baseline_rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model_dir = build_model(args.arch, tmp / args.arch)
-        data_dir = make_images(tmp / "data", args.images, args.resolution)
+        model_dir = args.model_dir or tmp / args.arch
+        if not (model_dir / "model_index.json").is_file():
+            build_model(args.arch, model_dir)
+        data_dir = args.data_dir or tmp / "data"
+        if not data_dir.is_dir():
+            make_images(data_dir, args.images, args.resolution)
         base = {}
         if args.baseline:  # first: quick, and its figures print before a long compile could time out
             for b in args.baseline_batch or args.batch:
@@ -312,7 +364,7 @@ def main() -> None:
                 r["baseline_samples_per_s"] = base[r["batch"]]["samples_per_s"]
                 r["baseline_peak_gpu_mem_gib"] = base[r["batch"]]["peak_gpu_mem_gib"]
                 r["speedup_vs_baseline"] = round(r["samples_per_s"] / base[r["batch"]]["samples_per_s"], 2)
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and not args.skip_flops:
             flops = flops_per_sample(model_dir, args)
             peak = matmul_tflops()
             for r in rows:
@@ -328,7 +380,7 @@ def main() -> None:
         "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
         "results": rows,
     }
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not args.skip_flops:
         result["tflop_per_sample"] = round(flops / 1e12, 3)
         result["measured_bf16_matmul_tflops"] = round(peak, 1)
     text = json.dumps(result, indent=2)

@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sdlora.config import TrainConfig  # noqa: E402
-from sdlora.models.tiny import build_tiny_pipeline, save_pipeline_folder  # noqa: E402
+from sdlora.models.storage import save_pipeline_folder  # noqa: E402
+from sdlora.models.tiny import build_tiny_pipeline  # noqa: E402
 from sdlora.procedural import evaluate  # noqa: E402
 from sdlora.procedural.scenes import render_many  # noqa: E402
 from sdlora.train.objective import denoising_loss  # noqa: E402

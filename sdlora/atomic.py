@@ -45,19 +45,52 @@ def atomic_open(target: Path | str, mode: str = "w", encoding: str | None = "utf
             fh.flush()
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put folder `new` at `target`, replacing any folder there, with no moment where `target` is missing.
+
+    The two are swapped in one step where the system can; elsewhere the old folder is first renamed aside
+    (`.NAME.old`), so a crash between the two renames leaves it there, complete, rather than deleted."""
+    import shutil
+
+    if not target.exists():
+        new.rename(target)
+        return
+    if _exchange(new, target):
+        shutil.rmtree(new)  # now holds the old folder
+        return
+    aside = target.with_name(f".{target.name}.old")
+    if aside.exists():
+        shutil.rmtree(aside)
+    target.rename(aside)
+    new.rename(target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path | str) -> Iterator[Path]:
-    """Yield a temporary folder beside `target`; on success it is renamed to `target` (replacing it)."""
+    """Yield a temporary folder beside `target`; on success it replaces `target` in one step (replace_dir)."""
     import shutil
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        replace_dir(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -2,13 +2,15 @@
 
 Each subcommand lives in its own module under `sdlora.commands` with `register(subparsers)`, which adds its
 parser and sets `handler=run`. Exit codes (DESIGN.md): 0 success, 2 bad input (`SdloraError`), 1 a failure during
-work. Errors are one line on stderr; `--debug` shows the traceback.
+work; 130 when a second Ctrl-C aborts (the first one stops training after the current step, saves, and exits 0).
+Errors are one line on stderr; `--debug` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -16,11 +18,15 @@ from sdlora import __version__
 from sdlora.errors import SdloraError
 
 # Subcommand modules, in the order `sdlora --help` lists them.
-COMMAND_MODULES = ["train", "generate", "inspect", "convert", "merge", "resize", "dataset", "models"]
+COMMAND_MODULES = ["train", "generate", "inspect", "convert", "merge", "resize", "dataset", "models", "caption",
+                   "queue", "grid"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdlora", description="Stable Diffusion LoRA trainer.")
+    parser = argparse.ArgumentParser(
+        prog="sdlora", description="Stable Diffusion LoRA trainer.",
+        epilog="exit codes: 0 success; 2 bad input (one line naming the key or file); 1 a failure during work; "
+               "130 aborted by a second Ctrl-C (the first stops training after the step and saves, exit 0)")
     parser.add_argument("--version", action="version", version=f"sdlora {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -35,8 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_unrelated_notices() -> None:
+    """Our process, our terminal: silence the one import-time notice that concerns nothing sdlora does.
+
+    bitsandbytes (imported by peft) logs a warning on CPUs with AVX512-BF16 when the optional `kernels` package
+    for its 4-bit CPU inference is missing; every command would print it first. Only that logger is touched."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quiet_unrelated_notices()
     argv = list(sys.argv[1:] if argv is None else argv)
     # --debug may come anywhere on the line.
     debug = "--debug" in argv
@@ -47,15 +62,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if not os.environ.get("SDLORA_SKIP_VERSION_CHECK"):
+            from sdlora.versions import check_versions
+
+            check_versions()
         return int(args.handler(args) or 0)
     except SdloraError as exc:
         if debug:
             raise
         print(f"sdlora {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"sdlora {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C (the first stops training cleanly, saves and exits 0)
+        print(f"sdlora {args.command}: interrupted; nothing saved since the last checkpoint", file=sys.stderr)
+        return 130  # 128 + SIGINT, as shells report a Ctrl-C'd command
     except Exception as exc:  # a failure during work: one line, exit 1
         if debug:
             raise

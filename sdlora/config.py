@@ -55,6 +55,23 @@ class DataConfig:
     vae_tiling: Literal["auto", "on", "off"] = opt(
         "auto", help="encode images in VAE tiles and slices to save memory (auto: on for images above 1024 px)")
     num_workers: int = opt(0, min=0, max=64, help="data loader worker processes (0 loads in the main process)")
+    masks: str = opt("none", help="masked loss: none, alpha (each PNG's alpha channel), or a folder of same-stem "
+                                  "mask images (white = learn, black = ignore, grey = weight)")
+    validation_dir: str = opt("", help="folder of held-out images (with captions) for the validation loss")
+    validation_split: float = opt(0.0, min=0.0, max=0.5, help="fraction of data.dir held out for the validation "
+                                                               "loss (deterministic; instead of validation_dir)")
+
+
+@dataclass
+class BlockLrConfig:
+    down: float = opt(1.0, min=0.0, max=100.0, help="learning-rate multiplier of the UNet's down blocks "
+                                                     "(and conv_in, time embedding)")
+    mid: float = opt(1.0, min=0.0, max=100.0, help="learning-rate multiplier of the UNet's mid block")
+    up: float = opt(1.0, min=0.0, max=100.0, help="learning-rate multiplier of the UNet's up blocks (and conv_out)")
+
+    @property
+    def is_uniform(self) -> bool:
+        return self.down == self.mid == self.up == 1.0
 
 
 @dataclass
@@ -65,7 +82,10 @@ class NetworkConfig:
     targets: list[str] = opt(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
                              help="UNet module name suffixes that get a LoRA")
     text_encoder: bool = opt(False, help="also train a LoRA on the text encoder (its attention q/k/v/out_proj and "
-                                         "MLP fc1/fc2, as kohya does; lr: train.text_encoder_lr); SD 1.x/2.x only")
+                                         "MLP fc1/fc2, as kohya does; lr: train.text_encoder_lr); SDXL: both "
+                                         "encoders (lora_te1_, lora_te2_)")
+    block_lr: BlockLrConfig = opt(default_factory=BlockLrConfig,
+                                  help="learning-rate multipliers of the UNet's stages (kohya's down/mid/up lr weight)")
 
     @property
     def effective_alpha(self) -> float:
@@ -80,12 +100,16 @@ class TrainConfig:
     lr: float = opt(1e-4, min=0.0, max=1.0, help="peak learning rate")
     text_encoder_lr: Optional[float] = opt(None, min=0.0, max=1.0, help="peak learning rate of the text-encoder "
                                                                        "LoRA (network.text_encoder; default: lr)")
-    optimizer: Literal["adamw", "adamw8bit"] = opt("adamw", help="adamw, or adamw8bit (bitsandbytes, GPU)")
+    optimizer: Literal["adamw", "adamw8bit", "prodigy", "adafactor", "adamw_schedulefree", "lion", "lion8bit",
+                       "came"] = opt(
+        "adamw", help="adamw; adamw8bit, lion, lion8bit (bitsandbytes, GPU); prodigy (lr 1.0 by default), adafactor, "
+                      "adamw_schedulefree, came: pip install 'sdlora[optimizers]'")
     weight_decay: float = opt(1e-2, min=0.0, max=10.0, help="AdamW weight decay")
     adam_beta1: float = opt(0.9, min=0.0, max=1.0, help="AdamW beta1")
     adam_beta2: float = opt(0.999, min=0.0, max=1.0, help="AdamW beta2")
     adam_epsilon: float = opt(1e-8, min=0.0, max=1.0, help="AdamW epsilon")
-    scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = opt(
+    scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear", "cosine_with_restarts",
+                       "polynomial"] = opt(
         "constant", help="learning-rate schedule")
     warmup_steps: int = opt(0, min=0, max=10_000_000, help="linear warm-up steps")
     max_grad_norm: float = opt(1.0, min=0.0, max=1e6, help="gradient clipping norm (0 turns it off)")
@@ -108,6 +132,43 @@ class TrainConfig:
     report_every: int = opt(0, min=0, max=10000,
                             help="steps between loss read-backs (0: every step on the CPU, every 10 on a GPU, so "
                                  "the GPU never waits for the host)")
+    optimizer_args: dict[str, Any] = opt(default_factory=dict, help="extra keyword arguments of the optimizer, e.g. "
+                                                                    "{d_coef: 2} for prodigy (checked against it)")
+    lr_cycles: int = opt(1, min=1, max=1000, help="restarts of scheduler cosine_with_restarts")
+    lr_power: float = opt(1.0, min=0.0, max=100.0, help="power of scheduler polynomial (1: linear decay)")
+    timestep_min: int = opt(0, min=0, max=100000, help="smallest training timestep drawn")
+    timestep_max: Optional[int] = opt(None, min=1, max=100000,
+                                      help="timesteps are drawn below this (default: the model's count, 1000)")
+    timestep_sampling: Literal["uniform", "logit_normal", "sigmoid"] = opt(
+        "uniform", help="timestep distribution: uniform, logit_normal (sigmoid of N(mean, std), SD3's) or sigmoid "
+                        "(sigmoid of scale x N(0, 1))")
+    timestep_logit_mean: float = opt(0.0, min=-10.0, max=10.0, help="mean of timestep_sampling logit_normal")
+    timestep_logit_std: float = opt(1.0, min=0.01, max=10.0, help="std of timestep_sampling logit_normal")
+    timestep_sigmoid_scale: float = opt(1.0, min=0.01, max=10.0, help="scale of timestep_sampling sigmoid")
+    loss: Literal["mse", "l1", "huber", "smooth_l1"] = opt(
+        "mse", help="loss on the prediction: mse, l1, huber or smooth_l1 (pseudo-Huber, train.huber_c)")
+    huber_c: float = opt(0.1, min=1e-6, max=10.0, help="pseudo-Huber constant of loss huber/smooth_l1")
+    huber_schedule: Literal["constant", "exponential", "snr"] = opt(
+        "snr", help="huber_c over timesteps, as kohya: constant, exponential or snr (default)")
+    debiased_estimation: bool = opt(False, help="weight the loss by 1/sqrt(SNR) (debiased estimation loss)")
+    multires_noise_iterations: int = opt(0, min=0, max=20, help="multi-resolution (pyramid) noise levels; 0 off "
+                                                                 "(6-10 typical)")
+    multires_noise_discount: float = opt(0.3, min=0.0, max=1.0, help="weight decay per level of multires noise")
+    ip_noise_gamma: float = opt(0.0, min=0.0, max=1.0, help="input perturbation of the noisy latents (0.1 typical)")
+    zero_terminal_snr: bool = opt(False, help="rescale the noise schedule to zero terminal SNR (v-prediction models); "
+                                              "samples then use trailing timesteps and rescaled guidance")
+    ema: bool = opt(False, help="keep an EMA of the LoRA weights: NAME-ema.safetensors, samples drawn from it")
+    ema_decay: float = opt(0.999, min=0.0, max=1.0, help="EMA decay per optimizer step")
+    ema_warmup: bool = opt(True, help="EMA decay min(ema_decay, (1+n)/(10+n)) at update n, so early weights fade")
+    validate_every: int = opt(0, min=0, max=10_000_000, help="validation loss every N steps (0: at the end only, "
+                                                             "when a validation set is given)")
+    log_with: Literal["none", "tensorboard", "wandb"] = opt(
+        "none", help="also log to TensorBoard (logs/ in the run folder) or Weights & Biases (offline by default)")
+    base_precision: Literal["auto", "fp8"] = opt(
+        "auto", help="frozen UNet Linear weights: auto = mixed_precision's dtype; fp8 = float8 e4m3 matmuls for "
+                     "the frozen Linear layers, LoRA path in bf16 (needs mixed_precision bf16 and an Ada/Hopper or "
+                     "newer GPU; measured 5-7% slower than bf16 for SD 1.5 on an H200, loss unchanged: "
+                     "docs/PERFORMANCE.md)")
 
     @property
     def effective_text_encoder_lr(self) -> float:
@@ -124,12 +185,17 @@ class SampleConfig:
     seed: int = opt(0, min=0, max=2**31 - 1, help="fixed sampling seed, so samples are comparable over time")
     scheduler: Literal["ddim", "euler", "euler_a", "dpmpp_2m", "lcm"] = opt("ddim", help="sampling scheduler")
     size: Optional[int] = opt(None, min=64, max=4096, help="sample side in pixels (default: data.resolution)")
+    guidance_rescale: Optional[float] = opt(None, min=0.0, max=1.0, help="rescaled guidance phi (Lin et al. 2023); "
+                                                                          "default 0.7 with train.zero_terminal_snr, "
+                                                                          "else 0")
 
 
 @dataclass
 class SaveConfig:
     every: int = opt(0, min=0, max=10_000_000, help="checkpoint every N steps (0: only at the end)")
-    format: Literal["kohya", "diffusers"] = opt("kohya", help="adapter key format")
+    format: Literal["kohya", "diffusers"] = opt(
+        "kohya", help="adapter key format: kohya loads in A1111/Forge, ComfyUI, InvokeAI, kohya's tools and diffusers; "
+                      "diffusers (PEFT keys) in diffusers/PEFT scripts only")
     dtype: Literal["fp32", "fp16", "bf16"] = opt("fp32", help="adapter tensor precision")
     keep_checkpoints: int = opt(3, min=1, max=1000, help="newest checkpoints kept on disk")
     output_dir: str = opt("outputs", help="folder that holds run folders")
@@ -188,6 +254,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None)) + " or null"
     if origin is list:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping of names to values"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -216,6 +284,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise SdloraError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
         (item_tp,) = typing.get_args(tp)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if value is None or value == "":
+            return {}
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise SdloraError(f"{key}: expected {_type_name(tp)} (e.g. {{name: value}}), got {type(value).__name__} "
+                              f"{value!r}")
+        return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -280,9 +355,48 @@ def _cross_checks(cfg: Config) -> None:
     if cfg.network.text_encoder and cfg.mode == "lcm":
         raise SdloraError("network.text_encoder: LCM-LoRA distillation trains the UNet only (its teacher uses the "
                           "base text encoder); set network.text_encoder false or mode standard")
+    _recipe_checks(cfg)
+
+
+# Options of the standard denoising objective; LCM distillation draws its own timesteps and has its own loss.
+STANDARD_ONLY = ("train.loss", "train.timestep_sampling", "train.timestep_min", "train.timestep_max",
+                 "train.debiased_estimation", "train.multires_noise_iterations", "train.ip_noise_gamma",
+                 "train.zero_terminal_snr", "data.masks")
+
+
+def _recipe_checks(cfg: Config) -> None:
+    """Combinations of the recipe options (issue 17) that cannot work, named by both keys."""
+    train, data = cfg.train, cfg.data
+    if train.timestep_max is not None and train.timestep_min >= train.timestep_max:
+        raise SdloraError(f"train.timestep_min ({train.timestep_min}) must be below train.timestep_max "
+                          f"({train.timestep_max})")
+    if train.optimizer == "adamw_schedulefree" and train.scheduler not in ("constant", "constant_with_warmup"):
+        raise SdloraError(f"train.scheduler: {train.scheduler!r} cannot be used with train.optimizer "
+                          f"adamw_schedulefree (it replaces the schedule; its warm-up is train.warmup_steps); set "
+                          f"train.scheduler constant")
+    block_lr = cfg.network.block_lr
+    group_lrs = {train.lr * m for m in (block_lr.down, block_lr.mid, block_lr.up) if m}
+    if cfg.network.text_encoder and train.effective_text_encoder_lr:
+        group_lrs.add(train.effective_text_encoder_lr)
+    if train.optimizer == "prodigy" and len(group_lrs) > 1:
+        raise SdloraError("network.block_lr / train.text_encoder_lr: train.optimizer prodigy takes one lr for all "
+                          "parameter groups (or 0 to freeze one); use multipliers of 0 or 1, or another optimizer")
+    if data.validation_dir and data.validation_split:
+        raise SdloraError("data.validation_split and data.validation_dir: give one of them, not both")
+    if train.validate_every and not (data.validation_dir or data.validation_split):
+        raise SdloraError("train.validate_every: there is no validation set; set data.validation_dir or "
+                          "data.validation_split")
+    if cfg.mode == "lcm":
+        defaults = Config()
+        for key in STANDARD_ONLY:
+            section, name = key.split(".")
+            if getattr(getattr(cfg, section), name) != getattr(getattr(defaults, section), name):
+                raise SdloraError(f"{key}: not used by mode lcm (LCM distillation has its own timesteps and "
+                                  f"pseudo-Huber loss, lcm.huber_c); remove {key} or set mode standard")
 
 
 LCM_DEFAULT_RANK = 64
+PRODIGY_DEFAULT_LR = 1.0
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
@@ -292,6 +406,10 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     if cfg.mode == "lcm" and "rank" not in network_raw:
         # LCM-LoRA distils a whole sampler, not a concept: its default rank is the paper's 64 (arXiv 2311.05556).
         cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, rank=LCM_DEFAULT_RANK))
+    train_raw = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    if cfg.train.optimizer == "prodigy" and "lr" not in train_raw:
+        # Prodigy estimates the step size itself; lr is a multiplier of its estimate, 1.0 as its authors advise.
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=PRODIGY_DEFAULT_LR))
     _cross_checks(cfg)
     return cfg
 

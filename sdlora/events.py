@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
-EVENT_KINDS = ("start", "step", "sample", "checkpoint", "done", "stopped", "error", "warning")
+EVENT_KINDS = ("start", "step", "sample", "checkpoint", "done", "stopped", "error", "warning", "validation")
 
 
 class Listener(Protocol):
@@ -95,6 +95,8 @@ class ConsoleReporter:
             "stopped": lambda e: f"stopped at step {e.get('step')}: {e.get('message', '')}",
             "error": lambda e: f"error: {e.get('message')}",
             "warning": lambda e: f"warning: {e.get('message')}",
+            "validation": lambda e: f"step {e.get('step')}: validation loss {e.get('loss')}"
+                                    + (" (lowest so far)" if e.get("best") else ""),
         }[kind](event)
         self._write(message)
 

@@ -75,3 +75,47 @@ def test_two_processes_train_one_run_that_rank_0_writes(shapes_dir, tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-2000:]
     assert adapter_shapes(run / "dp.safetensors") == adapter_shapes(tmp_path / "out" / "single" / "single.safetensors")
+
+
+def _pid_with_env(marker: str, rank: str) -> int | None:
+    """The process whose environment holds `marker` and RANK=`rank` (a worker of the launcher under test)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in env and f"RANK={rank}".encode() in env and b"LOCAL_RANK=" + rank.encode() in env:
+            return int(proc.name)
+    return None
+
+
+def test_a_dead_worker_ends_the_run_within_seconds_naming_it(shapes_dir, tmp_path):
+    import signal
+    import time
+    import uuid
+
+    preset = tmp_path / "p.yaml"
+    preset.write_text(yaml.safe_dump({
+        "name": "dead", "model": "tiny", "data": {"dir": str(shapes_dir), "resolution": 64, "repeats": 2},
+        "network": {"rank": 4}, "train": {"steps": 100000, "batch_size": 2, "device": "cpu"},
+        "save": {"output_dir": str(tmp_path / "out")}}))
+    marker = f"SDLORA_TEST_MARK={uuid.uuid4().hex}"
+    env = dict(os.environ, SDLORA_TEST_MARK=marker.split("=", 1)[1])
+    proc = subprocess.Popen([sys.executable, "-m", "sdlora", "train", "--preset", str(preset), "--gpus", "2"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    events = tmp_path / "out" / "dead" / "events.jsonl"
+    deadline = time.monotonic() + 300
+    while not (events.is_file() and '"event": "step"' in events.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run did not start training"
+        time.sleep(0.5)
+    victim = _pid_with_env(marker, "1")
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic()
+    _, err = proc.communicate(timeout=120)
+    took = time.monotonic() - killed_at
+    print(f"the run ended {took:.1f} s after worker 1 was killed")
+    assert proc.returncode == 1 and took < 30  # not the collective's 30-minute timeout
+    assert "worker 1 of 2 was killed by SIGKILL" in err.strip().splitlines()[-1]

@@ -41,3 +41,33 @@ def test_a_bad_model_path_is_a_clear_error_naming_it(tmp_path, make, message):
     with pytest.raises(SdloraError) as err:
         resolve_model(str(path))
     assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_importing_and_loading_leave_the_callers_process_alone():
+    """A library must not change its user's environment or logging: sdlora.models neither sets HF_* variables
+    nor leaves transformers/diffusers logging silenced after a load."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import os, json
+for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+    os.environ.pop(k, None)
+import transformers, diffusers
+transformers.utils.logging.set_verbosity_info()
+import sdlora.models
+sdlora.models.load_components("tiny")
+print(json.dumps({"env": [k for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")
+                          if k in os.environ],
+                  "verbosity": transformers.utils.logging.get_verbosity(),
+                  "bars": transformers.utils.logging.is_progress_bar_enabled()}))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                         check=True).stdout.strip().splitlines()[-1]
+    import json
+    import logging
+
+    seen = json.loads(out)
+    assert seen == {"env": [], "verbosity": logging.INFO, "bars": True}

@@ -256,7 +256,7 @@ def test_diffusers_folder_family_and_model_family_override(made, tmp_path):
     from transformers import CLIPTokenizer
 
     from sdlora.models.clip_vocab import write_clip_tokenizer
-    from sdlora.models.tiny import SD_SCHEDULER
+    from sdlora.models.ldm_configs import SD_SCHEDULER
 
     models, _ = made["sd2"]
     write_clip_tokenizer(tmp_path / "tok", pad="open_clip")

@@ -9,7 +9,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from sdlora.config import TrainConfig
-from sdlora.models.tiny import SD_SCHEDULER
+from sdlora.models.ldm_configs import SD_SCHEDULER
 from sdlora.train.objective import denoising_loss, sample_noise_and_timesteps
 
 DDPM = {k: v for k, v in SD_SCHEDULER.items() if k != "set_alpha_to_one"}  # a DDIM-only option

@@ -77,7 +77,7 @@ def test_full_size_sdxl_configs_have_the_published_sizes_and_kohya_names_round_t
 def sdxl_run(tmp_path_factory):
     """A tiny SDXL folder and one `sdlora train` run on it: bucketed non-square images, disk cache, samples."""
     from sdlora.models.architectures import random_sdxl_pipeline
-    from sdlora.models.tiny import save_pipeline_folder
+    from sdlora.models.storage import save_pipeline_folder
 
     root = tmp_path_factory.mktemp("sdxl")
     save_pipeline_folder(random_sdxl_pipeline(seed=0, tiny=True), root / "model")
@@ -307,3 +307,38 @@ def test_fp16_samples_decode_sdxl_latents_in_fp32(sdxl_run, tmp_path):
                           torch.device("cpu"), torch.float16)
     assert len(paths) == 1 and paths[0].is_file()
     assert calls == [(torch.float32, False)]
+
+
+def test_sdxl_text_encoder_lora_trains_both_encoders_and_loads_in_the_sdxl_pipeline(sdxl_run, tmp_path):
+    from safetensors import safe_open
+
+    from sdlora.config import load_config
+    from sdlora.events import EventBus
+    from sdlora.models import load_pipeline
+    from sdlora.train.rundir import new_run
+    from sdlora.train.trainer import Trainer
+
+    config = load_config(sdxl_run["preset"], ["name=te", "network.text_encoder=true", "train.steps=2",
+                                              f"save.output_dir={tmp_path}"])
+    trainer = Trainer(config, new_run(config), EventBus())
+    trainer.setup()
+    result = trainer.run()
+    assert result.status == "done"
+    with safe_open(str(result.adapter_path), framework="pt") as fh:
+        keys = list(fh.keys())
+    assert any(k.startswith("lora_te1_text_model_encoder_layers_0_self_attn_q_proj") for k in keys)
+    assert any(k.startswith("lora_te2_text_model_encoder_layers_0_mlp_fc1") for k in keys)
+
+    pipe = load_pipeline(str(sdxl_run["model"]))
+    base = load_pipeline(str(sdxl_run["model"]))
+    pipe.load_lora_weights(str(result.adapter_path))
+    ids = pipe.tokenizer(["a red circle"], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         return_tensors="pt").input_ids
+    for name in ("text_encoder", "text_encoder_2"):
+        trained = trainer.text_encoders[name].eval()
+        with torch.no_grad():
+            expected = trained(ids, output_hidden_states=True).hidden_states[-2]
+            got = getattr(pipe, name)(ids, output_hidden_states=True).hidden_states[-2]
+            plain = getattr(base, name)(ids, output_hidden_states=True).hidden_states[-2]
+        assert ((got - expected).norm() / expected.norm()).item() < 1e-4, name
+        assert ((plain - expected).norm() / expected.norm()).item() > 1e-4, name  # its LoRA really trained

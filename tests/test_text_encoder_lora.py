@@ -177,17 +177,9 @@ def test_resume_restores_text_encoder_lora_and_both_param_groups_exactly(shapes_
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_refused_for_sdxl_and_lcm(shapes_dir, tmp_path, monkeypatch):
-    import sdlora.models
-
+def test_refused_for_lcm():
     with pytest.raises(SdloraError, match="network.text_encoder"):
         config_from_dict({"mode": "lcm", "network": {"text_encoder": True}})
-    real = sdlora.models.load_components
-    monkeypatch.setattr(sdlora.models, "load_components",
-                        lambda *a, **k: dataclasses.replace(real(*a, **k), family="sdxl"))
-    config = make_config(shapes_dir, tmp_path / "out")
-    with pytest.raises(SdloraError, match="not supported for SDXL yet"):
-        Trainer(config, new_run(config), EventBus()).setup()
 
 
 def test_samples_during_training_use_the_trained_text_encoder(trained, tmp_path):

@@ -203,9 +203,9 @@ def test_cli_errors_are_one_line_with_exit_code_2(shapes_dir, tmp_path):
     for extra, message in cases:
         proc = _run_cli(["train", "--preset", str(preset), *extra], tmp_path)
         _, err = proc.communicate(timeout=120)
-        lines = [line for line in err.splitlines() if line.startswith("sdlora")]
+        lines = err.strip().splitlines()
         assert proc.returncode == 2, (extra, err)
-        assert len(lines) == 1 and message in lines[0], (extra, err)
+        assert len(lines) == 1 and lines[0].startswith("sdlora train: error:") and message in lines[0], (extra, err)
         assert "Traceback" not in err
 
 

@@ -72,3 +72,16 @@ def test_a_saved_preset_names_only_what_differs_from_the_defaults(tmp_path):
     assert yaml.safe_load(text) == {"name": "mine", "model": "tiny", "network": {"rank": 4}, "train": {"steps": 9}}
     (tmp_path / "p.yaml").write_text(text)
     assert load_config(tmp_path / "p.yaml") == config
+
+
+def test_mapping_options_round_trip_through_the_form():
+    fields = config_fields()
+    config = config_from_dict({"train": {"optimizer": "came", "optimizer_args": {"clip_threshold": 2.0,
+                                                                                 "eps": [1e-30, 1e-16]}},
+                               "network": {"block_lr": {"up": 0.5}}})
+    widgets = config_to_widgets(fields, config)
+    index = [f.key for f in fields].index("train.optimizer_args")
+    assert widgets[index] == "{clip_threshold: 2.0, eps: [1.0e-30, 1.0e-16]}"
+    assert widgets_to_config(fields, widgets) == config
+    assert 'train.optimizer_args={"clip_threshold": 2.0, "eps": [1e-30, 1e-16]}' in overrides(Config(), config, fields)
+    assert "network.block_lr.up=0.5" in overrides(Config(), config, fields)

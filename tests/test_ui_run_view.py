@@ -96,3 +96,16 @@ def test_one_run_at_a_time_and_stop_sends_sigterm(tmp_path):
     assert runner.wait(20) == 0
     assert runner.last_line() == "stopped cleanly"
     assert runner.stop() is False
+
+
+def test_validation_events_become_a_second_loss_curve():
+    from ui.train_tab import _loss_frame
+
+    events = [{"event": "start", "time": 0, "step": 0, "total_steps": 10},
+              {"event": "validation", "time": 0.5, "step": 0, "loss": 0.4}, step(1, 1, 0.5), step(2, 2, 0.3),
+              {"event": "validation", "time": 2.5, "step": 2, "loss": 0.35}]
+    view = RunView.from_events(events)
+    assert view.validation == [(0, 0.4), (2, 0.35)]
+    frame = _loss_frame(view)
+    assert frame[frame.series == "validation"][["step", "loss"]].values.tolist() == [[0, 0.4], [2, 0.35]]
+    assert frame[frame.series == "train"]["step"].tolist() == [1, 2]

@@ -48,6 +48,9 @@ def build_app(ctx: AppContext):
                 train_tab.build(ctx)
             with gr.Tab("Preview", id="preview", elem_id="tab-preview"):
                 preview_tab.build(ctx)
+        from ui import api
+
+        api.register(ctx)  # /gradio_api: generation with any adapter mix, concurrent calls batched together
     return app
 
 

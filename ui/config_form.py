@@ -27,7 +27,7 @@ MAIN_KEYS = ["name", "model", "data.dir", "mode", "network.rank", "network.alpha
 @dataclass(frozen=True)
 class Field:
     key: str  # dotted, as in presets and --set
-    kind: str  # "choice" | "bool" | "int" | "float" | "str" | "list"
+    kind: str  # "choice" | "bool" | "int" | "float" | "str" | "list" | "mapping"
     help: str
     default: Any
     choices: tuple = ()
@@ -55,6 +55,8 @@ def _field_of(key: str, tp: Any, f: dataclasses.Field) -> Field:
         return Field(kind="choice", choices=typing.get_args(tp), **common)
     if origin is list:
         return Field(kind="list", **common)
+    if origin is dict:
+        return Field(kind="mapping", **common)
     kind = {bool: "bool", int: "int", float: "float"}.get(tp, "str")
     return Field(kind=kind, **common)
 
@@ -83,6 +85,8 @@ def to_widget(field: Field, value: Any) -> Any:
     """A config value as its widget shows it: lists one item a line, numbers as they are."""
     if field.kind == "list":
         return "\n".join(str(v) for v in value or [])
+    if field.kind == "mapping":  # one line of YAML flow style: {d_coef: 2, safeguard_warmup: true}
+        return yaml.safe_dump(dict(value), default_flow_style=True, sort_keys=False).strip() if value else ""
     if field.optional and field.kind in ("int", "float"):
         return "" if value is None else str(value)  # a text box: empty means "not set", which 0 would not
     return value
@@ -92,6 +96,11 @@ def from_widget(field: Field, value: Any) -> Any:
     """A widget's value as the config wants it (validation happens in `config_from_dict`)."""
     if field.kind == "list":
         return [line.strip() for line in str(value or "").splitlines() if line.strip()]
+    if field.kind == "mapping":
+        try:
+            return yaml.safe_load(str(value or "")) or {}
+        except yaml.YAMLError:
+            return str(value)  # let validation name the key
     if value is None or (isinstance(value, str) and not value.strip() and field.kind != "str"):
         return None if field.optional else field.default
     if field.kind == "int" and isinstance(value, float) and value.is_integer():

@@ -15,10 +15,15 @@ class AppContext:
     roots: Roots
     limits: Limits = field(default_factory=Limits)
     runner: TrainingProcess | None = None
+    batch_engine: object = None  # ui.batch_engine.BatchEngine: the Compare view's and the API's generations
 
     def __post_init__(self) -> None:
         if self.runner is None:
             self.runner = TrainingProcess(self.roots.project)
+        if self.batch_engine is None:
+            from ui.batch_engine import BatchEngine
+
+            self.batch_engine = BatchEngine()
 
     @property
     def project(self) -> Path:

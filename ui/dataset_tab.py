@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from sdlora.errors import SdloraError
-from ui import captions
+from ui import caption_panel, captions
 from ui.check_view import checked
 from ui.context import AppContext
 from ui.paths import UnsafePath, safe_name
@@ -148,6 +148,7 @@ def build(ctx: AppContext) -> None:
     replace_btn.click(lambda p, res, up, f, r: on_bulk(p, res, up, captions.replace_text, f, r),
                       [folder_state, *checks, find, repl], outputs)
     check_btn.click(lambda p, res, up: on_open(str(p) if p else "", res, up), [folder_state, *checks], outputs)
+    caption_panel.build(ctx, folder_state, load, checks, outputs)
 
 
 def _shown(ctx: AppContext, path: Path) -> str:

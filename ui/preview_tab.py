@@ -125,6 +125,12 @@ def build(ctx: AppContext, engine: PreviewEngine | None = None) -> None:
                                                                          if c in find_adapters(ctx)]),
                   [picked], [picked])
 
+    from ui import compare_view  # the Compare view: a run's checkpoints x weights x prompts as one grid
+
+    with gr.Accordion("Compare: checkpoints x weights x prompts", open=False, elem_id="pv-compare"):
+        compare_view.build(ctx, generate_inputs=dict(model=model, adapters=picked, prompt=prompt, seed=seed,
+                                                     steps=steps, guidance=guidance))
+
 
 def _model(ctx: AppContext, ref: str | None) -> str:
     if not ref:

@@ -47,6 +47,7 @@ class RunView:
     sample_step: int | None = None
     messages: list[tuple[str, str]] = field(default_factory=list)  # (kind, text): warnings and errors
     adapter: str | None = None
+    validation: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out loss)
 
     @classmethod
     def from_events(cls, events: list[dict[str, Any]]) -> "RunView":
@@ -72,6 +73,9 @@ class RunView:
             elif kind == "sample":
                 view.sample_images = [str(p) for p in e.get("images") or []] or _pngs(e.get("path"))
                 view.sample_step = e.get("step")
+            elif kind == "validation" and isinstance(e.get("loss"), (int, float)):
+                view.validation = [v for v in view.validation if v[0] < int(e["step"])]
+                view.validation.append((int(e["step"]), float(e["loss"])))
             elif kind in ("warning", "error"):
                 view.messages.append((kind, str(e.get("message", ""))))
             if kind in FINAL:

@@ -18,6 +18,7 @@ from sdlora.errors import SdloraError
 from sdlora.models import builtin_models
 from ui.config_form import MAIN_KEYS, Field, config_fields, config_to_widgets, overrides, preset_yaml, \
     widgets_to_config
+from ui import queue_panel
 from ui.context import AppContext
 from ui.paths import safe_name
 from ui.run_view import EventTail, RunView
@@ -64,7 +65,9 @@ def _widget(field: Field, ctx: AppContext, value) -> gr.components.Component:
 
 
 def _loss_frame(view: RunView) -> pd.DataFrame:
-    return pd.DataFrame(view.losses or [], columns=["step", "loss"]).astype({"step": int, "loss": float})
+    """Training loss per step, and the validation loss (data.validation_*) as a second series."""
+    rows = [(s, v, "train") for s, v in view.losses] + [(s, v, "validation") for s, v in view.validation]
+    return pd.DataFrame(rows, columns=["step", "loss", "series"]).astype({"step": int, "loss": float})
 
 
 def _status(view: RunView, run_dir: Path | None, ctx: AppContext) -> str:
@@ -136,6 +139,7 @@ def build(ctx: AppContext) -> None:
 
     with gr.Row(equal_height=False):
         start = gr.Button("Start", variant="primary", elem_id="train-start")
+        add_to_queue = queue_panel.add_button()
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
         runs = ctx.runs()
         run_pick = gr.Dropdown(choices=runs, value=runs[0] if runs else None, label="Run", allow_custom_value=True,
@@ -145,11 +149,12 @@ def build(ctx: AppContext) -> None:
     status = gr.Markdown(elem_id="train-status")
     progress = gr.HTML(RunView().progress_html(), elem_id="train-progress")
     with gr.Row(equal_height=False):
-        loss_plot = gr.LinePlot(_loss_frame(RunView()), x="step", y="loss", title="Loss", height=260,
-                                elem_id="train-loss")
+        loss_plot = gr.LinePlot(_loss_frame(RunView()), x="step", y="loss", color="series", title="Loss",
+                                height=260, elem_id="train-loss")
         samples = gr.Gallery(label="Latest samples", columns=4, height=260, interactive=False,
                              elem_id="train-samples")
     log = gr.Textbox(label="Log", lines=8, max_lines=8, autoscroll=True, elem_id="train-log")
+    queue_panel.build(ctx, add_to_queue, fields, ordered, preset, base_state)
     timer = gr.Timer(1.0)
 
     # ------------------------------------------------------------------------------------------ handlers

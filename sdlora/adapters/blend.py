@@ -9,7 +9,6 @@ format, which carries every layer's rank and alpha.
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 from sdlora.adapters.io import read_adapter_file, save_adapter
 from sdlora.errors import SdloraError
+from sdlora.hashing import file_sha256  # noqa: F401  (serving.py and batched.py take it from here too)
 from sdlora.schedulers import make_scheduler
 
 WEIGHT_RANGE = (-2.0, 2.0)
@@ -46,14 +46,6 @@ class SamplingDefaults:
     scheduler_options: dict[str, Any] = field(default_factory=dict)  # e.g. the LCM solver schedule
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_weight(weight: float, what: str) -> float:
     low, high = WEIGHT_RANGE
     if not low <= weight <= high:  # also refuses NaN
@@ -73,6 +65,26 @@ def parse_lora_spec(spec: str) -> tuple[str, float]:
         if path and not (Path(spec).is_file() and not Path(path).is_file()):
             return path, weight
     return spec, 1.0
+
+
+def sampling_defaults(adapters: list[LoadedAdapter]) -> SamplingDefaults:
+    """Scheduler, steps and guidance for these active adapters: what an LCM one asks for, else the usual ones."""
+    for adapter in adapters:
+        if adapter.is_lcm:
+            meta = adapter.metadata
+            try:
+                options = {}  # absent in files from before these fields: LCMScheduler's defaults (50, 10)
+                if "sdlora_lcm_original_steps" in meta:
+                    options["original_inference_steps"] = int(meta["sdlora_lcm_original_steps"])
+                if "sdlora_lcm_timestep_scaling" in meta:
+                    options["timestep_scaling"] = float(meta["sdlora_lcm_timestep_scaling"])
+                return SamplingDefaults(meta.get("sdlora_lcm_scheduler", "lcm"),
+                                        int(meta.get("sdlora_lcm_steps", 4)),
+                                        float(meta.get("sdlora_lcm_guidance", 1.0)), options)
+            except ValueError:
+                raise SdloraError(f"{adapter.path}: its sdlora_lcm_* metadata (steps, guidance, solver schedule) "
+                                  f"is not a number; fix the metadata or give --steps and --guidance") from None
+    return SamplingDefaults(None, DEFAULT_STEPS, DEFAULT_GUIDANCE)
 
 
 class AdapterBlender:
@@ -146,22 +158,7 @@ class AdapterBlender:
 
     def defaults(self) -> SamplingDefaults:
         """Scheduler, steps and guidance: what an active LCM adapter asks for, else the usual ones."""
-        for adapter in self.active:
-            if adapter.is_lcm:
-                meta = adapter.metadata
-                try:
-                    options = {}  # absent in files from before these fields: LCMScheduler's defaults (50, 10)
-                    if "sdlora_lcm_original_steps" in meta:
-                        options["original_inference_steps"] = int(meta["sdlora_lcm_original_steps"])
-                    if "sdlora_lcm_timestep_scaling" in meta:
-                        options["timestep_scaling"] = float(meta["sdlora_lcm_timestep_scaling"])
-                    return SamplingDefaults(meta.get("sdlora_lcm_scheduler", "lcm"),
-                                            int(meta.get("sdlora_lcm_steps", 4)),
-                                            float(meta.get("sdlora_lcm_guidance", 1.0)), options)
-                except ValueError:
-                    raise SdloraError(f"{adapter.path}: its sdlora_lcm_* metadata (steps, guidance, solver schedule) "
-                                      f"is not a number; fix the metadata or give --steps and --guidance") from None
-        return SamplingDefaults(None, DEFAULT_STEPS, DEFAULT_GUIDANCE)
+        return sampling_defaults(self.active)
 
     def generate(self, prompt: str, *, negative: str | None = None, steps: int | None = None,
                  guidance: float | None = None, seed: int = 0, scheduler: str | None = None,

@@ -6,9 +6,6 @@ weights (`sdlora.adapters.blend`), which computes the same sum one layer input a
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -59,30 +56,12 @@ def merge_into(pipe: Any, adapters: Iterable[tuple[Adapter, float]], sources: li
     return len(deltas)
 
 
-def save_pipeline_atomically(pipe: Any, out_dir: Path | str) -> Path:
-    """`pipe.save_pretrained` into a temp folder beside `out_dir`, then one rename: never a half-written model."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise SdloraError(f"{out_dir}: already exists and is not an empty folder; give a new folder for the "
-                          f"merged model")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out_dir
-
-
 def merge(model: str, loras: Iterable[tuple[Path | str, float]], out_dir: Path | str) -> Path:
     """Load `model` ('tiny' or a diffusers folder), merge the weighted LoRA files, save a diffusers folder."""
     from sdlora.adapters.blend import check_weight
     from sdlora.adapters.io import load_adapter
     from sdlora.models.loading import load_pipeline
+    from sdlora.models.storage import save_pipeline_folder
 
     loras = list(loras)
     if not loras:
@@ -90,4 +69,4 @@ def merge(model: str, loras: Iterable[tuple[Path | str, float]], out_dir: Path |
     pairs = [(load_adapter(path), check_weight(weight, str(path))) for path, weight in loras]
     pipe = load_pipeline(model)
     merge_into(pipe, pairs, sources=[str(path) for path, _ in loras])
-    return save_pipeline_atomically(pipe, out_dir)
+    return save_pipeline_folder(pipe, out_dir, replace=False)

@@ -6,7 +6,13 @@ import sys
 
 
 def register(sub) -> None:
-    p = sub.add_parser("convert", help="convert a LoRA file between kohya and diffusers key formats")
+    p = sub.add_parser(
+        "convert", help="convert a LoRA file between kohya and diffusers key formats",
+        description="Rewrite a LoRA file's keys in the other format; tensors and metadata are kept bit for bit.",
+        epilog="Which format goes where: kohya (lora_unet_..., the default) loads in A1111/Forge, ComfyUI, InvokeAI, "
+               "kohya's sd-scripts and diffusers' load_lora_weights. diffusers (PEFT keys) loads in diffusers and "
+               "PEFT scripts only: A1111 reads none of its layers and ComfyUI only some, at the wrong scale. "
+               "Example: sdlora convert my.safetensors my-kohya.safetensors --to kohya")
     p.add_argument("input", metavar="IN", help="LoRA .safetensors file (kohya or diffusers format)")
     p.add_argument("output", metavar="OUT", help="where to write the converted file")
     p.add_argument("--to", required=True, choices=["kohya", "diffusers"], help="key format to write")

@@ -78,18 +78,21 @@ def run(args) -> int:
         paths = new_run(config)
 
     main = distributed.rank() == 0
-    events = EventBus([JsonlWriter(paths.events), ConsoleReporter()] if main else [])
+    log = JsonlWriter(paths.events) if main else None
+    events = EventBus([log, ConsoleReporter()] if main else [])
     stop = StopFlag()
     install_stop_handlers(stop)
     trainer = Trainer(config, paths, events, stop)
     try:
         trainer.setup()
         result = trainer.run(resume=args.resume is not None)
-    except SdloraError as exc:
-        events.emit("error", message=str(exc))
-        raise
     except Exception as exc:
-        events.emit("error", message=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+        # Into events.jsonl only: the CLI prints the one line on stderr itself (cli.py), so the terminal shows
+        # the error once.
+        if log is not None:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            EventBus([log]).emit("error", message=detail if isinstance(exc, SdloraError)
+                                 else f"{type(exc).__name__}: {detail}")
         raise
     finally:
         events.close()
@@ -139,11 +142,12 @@ def dry_run(config: Config) -> int:
     """Print the resolved config, the data, the network size and the plan; touch nothing."""
     import torch
 
-    from sdlora.data.dataset import build_dataset, summarize
+    from sdlora.data.dataset import build_dataset
+    from sdlora.data.summary import summarize
     from sdlora.train.trainer import collect_warnings
     from sdlora.events import ConsoleReporter, EventBus
-    from sdlora.models import load_components
-    from sdlora.network import TEXT_ENCODER_TARGETS, add_lora, add_text_encoder_lora, count_parameters
+    from sdlora.network import TEXT_ENCODER_TARGETS, count_parameters
+    from sdlora.train.model_setup import setup_model
     from sdlora.train.trainer import pick_device
 
     print("# resolved config")
@@ -153,12 +157,12 @@ def dry_run(config: Config) -> int:
     print("# data")
     for line in summarize(dataset, batch_size=config.train.batch_size).lines():
         print(f"  {line}")
-    components = load_components(config.model, **config.model_options)
-    modules = add_lora(components.unet, config.network, seed=config.train.seed)
+    with collect_warnings(EventBus([ConsoleReporter(stream=sys.stdout, bar=False)])):
+        model = setup_model(config)  # what `train` sets up, with the same checks and warnings
+    components = model.components
+    modules, te_modules = model.unet_modules, model.text_encoder_modules
     trainable, total = count_parameters(components.unet)
-    te_modules = (add_text_encoder_lora(components.text_encoder, config.network, seed=config.train.seed)
-                  if config.network.text_encoder else [])
-    te_trainable, _ = count_parameters(components.text_encoder)
+    te_trainable, _ = count_parameters(*model.text_encoders.values()) if model.text_encoders else (0, 0)
     train = config.train
     per_step = train.batch_size * train.gradient_accumulation
     batches = len(dataset.epoch_batches(0, train.batch_size, train.seed))  # bucket tails counted

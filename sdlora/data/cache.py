@@ -34,9 +34,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sdlora.atomic import atomic_path
+from sdlora.hashing import sha256_text
 from sdlora.data.captions import fixed_captions
-from sdlora.data.dataset import to_tensor
-from sdlora.data.images import crop_geometry, load_cropped
+from sdlora.data.images import crop_geometry, load_cropped, to_tensor
 
 RECIPE = "sdlora-pixels-1"
 LATENT_BATCH = 4  # images per VAE call while filling: fits SD at 1024 px in a few GB
@@ -58,10 +58,6 @@ def tokenizer_identity(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer: vocabulary and merges as JSON
     digest.update((backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))).encode())
     return digest.hexdigest()
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class FeatureStore:
@@ -107,7 +103,7 @@ class FeatureCache:
     """The dataset's view of the cache: fill it from a `BatchEncoder`, then look samples up by content."""
 
     def __init__(self, mode: str, encoder, root: Path | None = None):
-        from sdlora.models.registry import cache_dir
+        from sdlora.userdata import cache_dir
 
         self.mode = mode
         self.shift, self.scaling = float(encoder.shift), float(encoder.scaling)

@@ -18,23 +18,15 @@ import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
-from PIL import Image
 
 from sdlora.config import DataConfig
 from sdlora.data.captions import augment_caption
-from sdlora.data.images import crop_geometry, describe_size, load_cropped
+from sdlora.data.images import crop_geometry, describe_size, load_cropped, to_tensor
 from sdlora.data.index import DataIndex, Entry, Problem, build_index, long_caption_problem
+from sdlora.data.masks import find_masks, load_mask
 from sdlora.data.scan import IMAGE_KINDS
-from sdlora.data.summary import DataSummary, summarize
 from sdlora.errors import SdloraError
-
-
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL RGB -> float tensor [3, H, W] in [-1, 1], as the VAE expects."""
-    array = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 class SampleKey(NamedTuple):
@@ -56,6 +48,7 @@ class TrainDataset(torch.utils.data.Dataset):
         reg = [i for i, e in enumerate(self.records) if e.is_reg for _ in range(e.repeats)]
         self.reg_samples = [reg[j % len(reg)] for j in range(len(train))] if reg else []
         self.pool = train + self.reg_samples  # the multiset of record indices one epoch visits
+        self.masks = find_masks(self.records, self.config)  # data.masks: image -> mask source ({} when none)
 
     def __len__(self) -> int:
         return len(self.pool)
@@ -78,6 +71,9 @@ class TrainDataset(torch.utils.data.Dataset):
         text = self.cache.text_features(caption) if self.cache is not None else None
         if text is not None:
             item.update(text)  # text_embeddings (and SDXL's pooled_text_embeddings)
+        if self.masks:
+            item["mask"] = load_mask(self.masks.get(entry.path), self.config.masks == "alpha", resized,
+                                     crop_top_left, entry.bucket, key.flip)
         top, left = crop_top_left
         if key.flip:  # SDXL's crop conditioning describes the image it saw: the mirrored one
             left = resized[1] - left - entry.bucket[1]
@@ -224,4 +220,4 @@ def build_dataset(config: DataConfig, tokenizer=None) -> TrainDataset:
     return dataset
 
 
-__all__ = ["DataSummary", "SampleKey", "TrainDataset", "build_dataset", "collate", "summarize"]
+__all__ = ["SampleKey", "TrainDataset", "build_dataset", "collate"]

@@ -7,14 +7,16 @@ raise `BadImage` with a reason a user can act on: empty, not an image, truncated
 
 from __future__ import annotations
 
-import hashlib
 import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from sdlora.hashing import sha256_bytes
 
 # Larger images are refused: a decompression bomb (a few KB that inflate to gigabytes) or far more pixels than any
 # bucket needs. Checked from the header before decoding; PIL's own bomb checks (89M warn, 179M error) sit above.
@@ -33,10 +35,6 @@ class ImageInfo:
     content_hash: str  # sha256 of the file bytes: the cache key, so an edited image is never served stale
     mode: str  # PIL mode in the file (RGB, CMYK, P, I;16, ...)
     orientation: int = 1  # EXIF orientation tag (1: as stored)
-
-
-def file_hash(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -118,7 +116,7 @@ def inspect_image(path: Path) -> ImageInfo:
             raise BadImage(f"truncated or corrupt image data ({exc})") from None
         except (SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError, MemoryError) as exc:
             raise BadImage(f"corrupt image ({type(exc).__name__}: {exc})") from None
-    return ImageInfo(size=size, content_hash=file_hash(data), mode=mode, orientation=orientation)
+    return ImageInfo(size=size, content_hash=sha256_bytes(data), mode=mode, orientation=orientation)
 
 
 def crop_geometry(size: tuple[int, int], target: tuple[int, int], center: bool,
@@ -162,3 +160,8 @@ def describe_size(size: tuple[int, int]) -> str:
     """(h, w) -> "WxH", the way people write image sizes."""
     return f"{size[1]}x{size[0]}"
 
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB -> float tensor [3, H, W] in [-1, 1], as the VAE expects."""
+    array = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()

@@ -76,7 +76,8 @@ def random_sd15_pipeline(seed: int = 0):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from sdlora.models.tiny import SD_SCHEDULER, write_tokenizer
+    from sdlora.models.ldm_configs import SD_SCHEDULER
+    from sdlora.models.tiny import write_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         write_tokenizer(Path(tmp))

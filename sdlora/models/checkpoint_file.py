@@ -7,15 +7,12 @@ else (a LoRA, a VAE alone, a text file), is a one-line error saying what it is.
 
 from __future__ import annotations
 
-import hashlib
-import json
 
 import warnings
 from pathlib import Path
 
 import torch
 
-from sdlora.atomic import write_text
 from sdlora.errors import SdloraError
 
 SAFE_SUFFIXES = (".safetensors",)
@@ -91,25 +88,6 @@ def _check_is_a_model(path: Path, state: dict[str, torch.Tensor]) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
-def content_hash(path: Path, memo_dir: Path) -> str:
-    """sha256 of the file's bytes, remembered by (path, size, mtime) so a multi-GB file is hashed once."""
-    stat = path.stat()
-    stamp = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    memo = memo_dir / f"{hashlib.sha256(stamp.encode()).hexdigest()[:32]}.json"
-    try:
-        return json.loads(memo.read_text(encoding="utf-8"))["sha256"]
-    except (OSError, ValueError, KeyError):
-        pass
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 24), b""):
-            digest.update(chunk)
-    sha = digest.hexdigest()
-    memo_dir.mkdir(parents=True, exist_ok=True)
-    write_text(memo, json.dumps({"path": str(path.resolve()), "sha256": sha}))
-    return sha
 
 
 

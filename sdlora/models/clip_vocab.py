@@ -16,11 +16,24 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from sdlora.models.tiny import _bytes_to_unicode
-
 BPE_FILE = Path(__file__).resolve().parent.parent / "configs" / "bpe_simple_vocab_16e6.txt.gz"
 NUM_MERGES = 49152 - 256 - 2  # as CLIP's SimpleTokenizer: the vocabulary ends at 49,408 tokens
 PAD_TOKENS = {"clip": "<|endoftext|>", "open_clip": "!"}
+
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """CLIP/GPT-2's reversible byte -> printable character table (the public BPE convention)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in chars)))
 
 
 @lru_cache(maxsize=1)
@@ -28,7 +41,7 @@ def clip_bpe() -> tuple[dict[str, int], list[str]]:
     """(vocab token -> id, merge lines "a b") of CLIP's tokenizer."""
     lines = gzip.decompress(BPE_FILE.read_bytes()).decode("utf-8").split("\n")
     merges = lines[1:NUM_MERGES + 1]  # line 0 is a version header
-    byte_symbols = list(_bytes_to_unicode().values())
+    byte_symbols = list(bytes_to_unicode().values())
     tokens = byte_symbols + [s + "</w>" for s in byte_symbols] + [m.replace(" ", "") for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     return {tok: i for i, tok in enumerate(tokens)}, merges

@@ -16,6 +16,18 @@ import torch
 
 from sdlora.errors import SdloraError
 
+# Stable Diffusion's training noise schedule (the original v1/v2 configs), as diffusers' schedulers take it.
+SD_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
+
 UNET = "model.diffusion_model."
 CLIP_PREFIXES = {"sd1": "cond_stage_model.transformer.", "sdxl": "conditioner.embedders.0.transformer."}
 OPEN_CLIP_PREFIXES = {"sd2": "cond_stage_model.model.", "sdxl": "conditioner.embedders.1.model."}

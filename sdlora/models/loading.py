@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,24 +14,27 @@ from sdlora.errors import SdloraError
 from sdlora.models.family import check_override, folder_family, parse_family
 from sdlora.models.registry import builtin_models
 
-# Never reach for a hub, whatever the caller's environment says: a missing file must be an error, not a download.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+@contextlib.contextmanager
+def quiet_loading():
+    """Our own events report progress; the libraries' per-file loading bars and notices are noise while we load.
 
-
-
-def _quiet_libraries() -> None:
-    """Our own events report progress; the libraries' per-file loading bars and notices are noise here."""
+    Scoped to our own loads: the caller's program keeps its logging and progress-bar settings. (Nothing here
+    reaches for a hub either: every load passes local_files_only=True, so a missing file is an error.)"""
     import diffusers
     import transformers
 
-    for lib in (diffusers, transformers):
-        lib.utils.logging.set_verbosity_error()
-        lib.utils.logging.disable_progress_bar()
+    saved = [(lib.utils.logging, lib.utils.logging.get_verbosity(), lib.utils.logging.is_progress_bar_enabled())
+             for lib in (diffusers, transformers)]
+    for logging_module, _, _ in saved:
+        logging_module.set_verbosity_error()
+        logging_module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for logging_module, verbosity, bars in saved:
+            logging_module.set_verbosity(verbosity)
+            (logging_module.enable_progress_bar if bars else logging_module.disable_progress_bar)()
 
-
-_quiet_libraries()
 
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SDXL_SUBFOLDERS = SD_SUBFOLDERS + ("text_encoder_2", "tokenizer_2")
@@ -114,7 +117,8 @@ def detect_family(path: Path, forced: str = "auto") -> tuple[str, str | None]:
 
 def _load(cls: Any, path: Path, sub: str, **kwargs: Any) -> Any:
     try:
-        return cls.from_pretrained(path, subfolder=sub, local_files_only=True, **kwargs)
+        with quiet_loading():
+            return cls.from_pretrained(path, subfolder=sub, local_files_only=True, **kwargs)
     except (OSError, ValueError, json.JSONDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SdloraError(f"model '{path}': cannot load {sub}/ ({first}); the folder is incomplete or "
@@ -153,16 +157,19 @@ def load_pipeline(ref: str, *, dtype: torch.dtype = torch.float32, family: str =
                   allow_pickle: bool = False, vae: str | None = None):
     """The whole pipeline of `ref` (StableDiffusionPipeline, or StableDiffusionXLPipeline for SDXL), for
     sampling and previews."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
     path = resolve_model(ref, family=family, allow_pickle=allow_pickle, vae=vae)
     detected, prediction = detect_family(path, family)
     try:
-        if detected == "sdxl":
-            pipe = StableDiffusionXLPipeline.from_pretrained(path, local_files_only=True, dtype=dtype)
-        else:
-            pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype,
-                                                           safety_checker=None, requires_safety_checker=False)
+        with quiet_loading():
+            # Imported here, quietly: importing the pipelines makes transformers warn about image processors
+            # (torchvision-less fallbacks) that Stable Diffusion never uses.
+            from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+            if detected == "sdxl":
+                pipe = StableDiffusionXLPipeline.from_pretrained(path, local_files_only=True, dtype=dtype)
+            else:
+                pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype,
+                                                               safety_checker=None, requires_safety_checker=False)
     except (OSError, ValueError) as exc:
         raise SdloraError(f"model '{ref}': cannot load the pipeline ({str(exc).splitlines()[0]})") from None
     if prediction:

@@ -6,16 +6,13 @@ folder is built once, deterministically, into the user cache (`$SDLORA_CACHE` or
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from sdlora.userdata import cache_dir
+
 SHIPPED_DIR = Path(__file__).parent / "builtin"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SDLORA_CACHE") or Path.home() / ".cache" / "sdlora")
 
 
 @dataclass(frozen=True)
@@ -40,7 +37,7 @@ class BuiltinModel:
         """The model's folder, built first if it is not there yet."""
         path = self.path
         if not (path / "model_index.json").is_file():
-            from sdlora.models.tiny import save_pipeline_folder
+            from sdlora.models.storage import save_pipeline_folder
 
             save_pipeline_folder(self.build(), path)
         return path

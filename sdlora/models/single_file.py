@@ -34,9 +34,11 @@ import yaml
 from sdlora.atomic import atomic_dir
 from sdlora.errors import SdloraError
 from sdlora.models import ldm_configs as cfgs
-from sdlora.models.checkpoint_file import PICKLE_SUFFIXES, content_hash, read_checkpoint
+from sdlora.hashing import file_sha256
+from sdlora.models.checkpoint_file import PICKLE_SUFFIXES, read_checkpoint
 from sdlora.models.family import check_override, parse_family
-from sdlora.models.registry import cache_dir
+from sdlora.userdata import cache_dir
+from sdlora.models.storage import hub_key
 
 CONVERTER_VERSION = "1"
 VAE_PREFIX = "first_stage_model."
@@ -54,7 +56,7 @@ def single_file_folder(path: Path, *, family: str = "auto", allow_pickle: bool =
         raise SdloraError(f"vae '{vae}': no such file or folder")
     side_yaml = path.with_suffix(".yaml")
     key_parts = {
-        "file": content_hash(path, cache_dir() / "hashes"), "family": family or "auto", "v": CONVERTER_VERSION,
+        "file": file_sha256(path, cache_dir() / "hashes"), "family": family or "auto", "v": CONVERTER_VERSION,
         "vae": _source_hash(vae_path) if vae_path else None,
         "yaml": hashlib.sha256(side_yaml.read_bytes()).hexdigest() if side_yaml.is_file() else None,
     }
@@ -74,7 +76,7 @@ def single_file_folder(path: Path, *, family: str = "auto", allow_pickle: bool =
 
 def _source_hash(path: Path) -> str:
     if path.is_file():
-        return content_hash(path, cache_dir() / "hashes")
+        return file_sha256(path, cache_dir() / "hashes")
     files = sorted(p for p in path.rglob("*") if p.is_file())
     return hashlib.sha256("|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
                                    for p in files).encode()).hexdigest()
@@ -187,7 +189,7 @@ def _meta_model(build):
 
 def _check_keys(model: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, ref: str) -> None:
     """A key-map slip must be an error, not a layer left at random init."""
-    want = {_hub_key(k) if what.startswith("CLIP") else k: tuple(v.shape) for k, v in model.state_dict().items()}
+    want = {hub_key(k) if what.startswith("CLIP") else k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(want) - set(sd))
     extra = sorted(set(sd) - set(want))
     wrong = sorted(k for k in set(want) & set(sd) if tuple(sd[k].shape) != want[k])
@@ -196,11 +198,6 @@ def _check_keys(model: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, 
         raise SdloraError(f"model '{ref}': the {what} weights do not fit the layout read from the file "
                           f"({len(missing)} missing, {len(extra)} unexpected, {len(wrong)} of another shape, e.g. "
                           f"{first}); set model_family if the family was guessed wrong, else the file is unusual")
-
-
-def _hub_key(key: str) -> str:
-    """transformers 5 names CLIPTextModel's weights without `text_model.`; files keep it (4.x and 5.x read it)."""
-    return key if key.startswith(("text_model.", "text_projection.")) else "text_model." + key
 
 
 def _save_weights(sd: dict[str, torch.Tensor], file: Path) -> None:
@@ -328,7 +325,7 @@ def read_checkpoint_vae(path: Path):
 def _write_scheduler(folder: Path, family: str, prediction: str) -> None:
     from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
-    from sdlora.models.tiny import SD_SCHEDULER
+    from sdlora.models.ldm_configs import SD_SCHEDULER
 
     if family == "sdxl":  # SDXL base's own scheduler config
         scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,

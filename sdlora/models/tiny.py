@@ -15,6 +15,9 @@ from pathlib import Path
 
 import torch
 
+from sdlora.models.clip_vocab import bytes_to_unicode
+from sdlora.models.ldm_configs import SD_SCHEDULER  # noqa: F401  (the tiny model trains on SD's schedule)
+
 TINY_RESOLUTION = 64
 
 # Words the tiny tokenizer keeps whole: the vocabulary of the procedural scenes and common caption words.
@@ -62,32 +65,6 @@ TINY_TEXT = dict(
     projection_dim=128,
 )
 # Stable Diffusion 1.x's training schedule (scaled-linear betas, epsilon prediction).
-SD_SCHEDULER = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    prediction_type="epsilon",
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
-)
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP/GPT-2's reversible byte -> printable character table (the public BPE convention)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars)))
-
-
 def _apply_merges(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     """Plain BPE: repeatedly merge the adjacent pair of lowest rank."""
     while len(symbols) > 1:
@@ -101,7 +78,7 @@ def _apply_merges(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list
 
 def build_clip_vocab(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """A CLIP BPE vocabulary in which each of `words` is a single token."""
-    byte_chars = list(_bytes_to_unicode().values())
+    byte_chars = list(bytes_to_unicode().values())
     vocab_list = byte_chars + [c + "</w>" for c in byte_chars]
     merges: list[tuple[str, str]] = []
     ranks: dict[tuple[str, str], int] = {}
@@ -156,19 +133,3 @@ def build_tiny_pipeline(seed: int = 0):
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-
-
-def save_pipeline_folder(pipeline, dest: Path, *, fp16: bool = False) -> None:
-    """Write `pipeline` as a diffusers-format folder at `dest`, atomically (built beside it, then renamed)."""
-    from sdlora.atomic import atomic_dir
-
-    with atomic_dir(dest) as tmp:
-        if fp16:
-            pipeline = pipeline.to(torch.float16)
-        pipeline.save_pretrained(tmp, safe_serialization=True)
-        if pipeline.tokenizer.get_vocab() == build_clip_vocab(TINY_WORDS)[0]:
-            # Newer transformers save only tokenizer.json; add the vocab.json/merges.txt that 4.x's slow
-            # CLIPTokenizer needs, so the folder loads with every transformers version the project allows.
-            write_tokenizer(tmp / "tokenizer")
-            if getattr(pipeline, "tokenizer_2", None) is not None:  # an SDXL pipeline built with the same vocabulary
-                write_tokenizer(tmp / "tokenizer_2")

@@ -54,8 +54,10 @@ def _adapter_from_tensors(tensors: dict[str, torch.Tensor]) -> Adapter:
 
 
 def save_checkpoint(folder: Path, step: int, adapter: Adapter, optimizer, lr_scheduler, bad_steps: int,
-                    extra_files: dict[str, callable] | None = None, keep: int = 3) -> Path:
-    """Write checkpoints/step-N atomically (built as a hidden folder, then renamed); prune old ones."""
+                    extra_files: dict[str, callable] | None = None, keep: int = 3,
+                    keep_also: Path | None = None) -> Path:
+    """Write checkpoints/step-N atomically (built as a hidden folder, then renamed); prune old ones, except
+    `keep_also` (the checkpoint with the lowest validation loss)."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / checkpoint_name(step)
     tmp = folder / f".{checkpoint_name(step)}.tmp"
@@ -76,7 +78,8 @@ def save_checkpoint(folder: Path, step: int, adapter: Adapter, optimizer, lr_sch
         shutil.rmtree(final)
     tmp.rename(final)
     for old in list_checkpoints(folder)[:-keep]:
-        shutil.rmtree(old.path, ignore_errors=True)
+        if keep_also is None or old.path.name != keep_also.name:
+            shutil.rmtree(old.path, ignore_errors=True)
     return final
 
 

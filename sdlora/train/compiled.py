@@ -29,7 +29,7 @@ import os
 import torch
 
 from sdlora.config import TrainConfig
-from sdlora.models.registry import cache_dir
+from sdlora.userdata import cache_dir
 
 
 def use_compile(train: TrainConfig, device: torch.device) -> bool:

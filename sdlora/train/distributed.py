@@ -4,18 +4,17 @@ Why not DDP: a LoRA's trainable parameters are a few MB (SD 1.5 rank 16: 3.2 M p
 all-reduce of one flat gradient buffer after the backward costs microseconds on NVLink, needs no hooks inside
 the backward pass, and so leaves the compiled, CUDA-graphed UNet step exactly as it is on one GPU.
 
-`sdlora train --gpus N` starts N copies of itself with the usual rendezvous variables (RANK, WORLD_SIZE,
-LOCAL_RANK, MASTER_ADDR, MASTER_PORT), as torchrun or `accelerate launch` would; a run started by either of those
-works the same way. Rank 0 owns the run folder, the events, samples and checkpoints; every rank loads the same
+`sdlora train --gpus N` starts N copies of itself through torch's elastic launcher (torchrun's), which sets the
+usual rendezvous variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); a run started by torchrun or
+`accelerate launch` itself works the same way. Rank 0 owns the run folder, the events, samples and checkpoints; every rank loads the same
 checkpoint to resume.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import signal
 import socket
-import subprocess
 import sys
 
 import torch
@@ -40,30 +39,30 @@ def _free_port() -> int:
 
 
 def launch(processes: int, argv: list[str]) -> int:
-    """Run `sdlora <argv>` in `processes` processes on this machine and wait for all of them.
+    """Run `sdlora <argv>` in `processes` processes on this machine through torch's elastic launcher (what
+    `torchrun` runs), and wait for all of them.
 
-    SIGINT/SIGTERM reach every worker once (each then stops after the current report window and saves); the
-    exit code is the workers' worst."""
-    port = _free_port()
-    workers = []
-    for r in range(processes):
-        env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(processes),
-                   LOCAL_WORLD_SIZE=str(processes), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        # Workers ignore terminal Ctrl-C themselves (new session); the launcher forwards it, exactly once.
-        workers.append(subprocess.Popen([sys.executable, "-m", "sdlora", *argv], env=env, start_new_session=True))
+    The launcher watches the workers: when one dies (a crash, an out-of-memory kill), it stops the others at
+    once instead of leaving them blocked in the next all-reduce until the collective times out, and the run
+    ends with a one-line error naming the worker. SIGINT/SIGTERM are passed on to every worker, which then stops
+    after the current report window and saves."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    def forward(signum, frame):
-        for w in workers:
-            if w.poll() is None:
-                w.send_signal(signum)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=f"sdlora-{os.getpid()}",
+                          rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0,
+                          monitor_interval=0.5)
+    # The launcher logs its rendezvous and shutdown steps at INFO/WARNING; the workers' own output is the log.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
     try:
-        codes = [w.wait() for w in workers]
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    return max(codes, key=lambda c: (c != 0, abs(c)))
+        elastic_launch(config, sys.executable)("-m", "sdlora", *argv)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        how = (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
+               else f"exited with code {failure.exitcode}")
+        raise RuntimeError(f"worker {rank} of {processes} {how}; the other workers were stopped (its own "
+                           f"messages are above; resume with --resume once the cause is fixed)") from None
+    return 0
 
 
 class GradientSync:

@@ -49,6 +49,7 @@ def adapter_metadata(config: Config, *, family: str, prediction_type: str, num_i
         "sdlora_base_model": str(config.model),
         "sdlora_config": config.to_json(),
     }
+    meta.update(recipe_metadata(config))
     if config.mode == "lcm":
         # What an LCM adapter wants at inference (LCM-LoRA, Luo et al. 2023, sec. 4): few steps, low guidance.
         meta.update({"sdlora_lcm_scheduler": "lcm", "sdlora_lcm_steps": "4", "sdlora_lcm_guidance": "1.5",
@@ -56,4 +57,30 @@ def adapter_metadata(config: Config, *, family: str, prediction_type: str, num_i
                      # distilled on, and use the same boundary-condition scaling.
                      "sdlora_lcm_original_steps": str(config.lcm.num_ddim_timesteps),
                      "sdlora_lcm_timestep_scaling": str(config.lcm.timestep_scaling)})
+    return meta
+
+
+def recipe_metadata(config: Config) -> dict[str, str]:
+    """The recipe options (issue 17) under the names kohya's sd-scripts write them."""
+    train, block_lr = config.train, config.network.block_lr
+    meta = {
+        "ss_optimizer_args": json.dumps(train.optimizer_args, sort_keys=True),
+        "ss_min_timestep": str(train.timestep_min),
+        "ss_max_timestep": str(train.timestep_max if train.timestep_max is not None else 1000),
+        "ss_timestep_sampling": train.timestep_sampling,
+        "ss_loss_type": train.loss,
+        "ss_huber_c": str(train.huber_c),
+        "ss_huber_schedule": train.huber_schedule,
+        "ss_debiased_estimation": str(train.debiased_estimation),
+        "ss_multires_noise_iterations": str(train.multires_noise_iterations or None),
+        "ss_multires_noise_discount": str(train.multires_noise_discount),
+        "ss_ip_noise_gamma": str(train.ip_noise_gamma or None),
+        "ss_zero_terminal_snr": str(train.zero_terminal_snr),
+        "ss_masked_loss": str(config.data.masks != "none"),
+        "sdlora_ema": str(train.ema),
+    }
+    if train.ema:
+        meta["sdlora_ema_decay"] = str(train.ema_decay)
+    if not block_lr.is_uniform:
+        meta["sdlora_block_lr"] = json.dumps({"down": block_lr.down, "mid": block_lr.mid, "up": block_lr.up})
     return meta

@@ -27,8 +27,9 @@ def live_pipeline(components, unet, scheduler: str):
 
 
 def sample_images(components, unet, sample: SampleConfig, resolution: int, folder: Path,
-                  device: torch.device, dtype: torch.dtype) -> list[Path]:
-    """Render each of `sample.prompts` into `folder`/NN.png; returns the written paths."""
+                  device: torch.device, dtype: torch.dtype, guidance_rescale: float = 0.0) -> list[Path]:
+    """Render each of `sample.prompts` into `folder`/NN.png; returns the written paths. `guidance_rescale`: phi of
+    rescaled classifier-free guidance (Lin et al. 2023, sec. 3.4), for zero-terminal-SNR models."""
     if not sample.prompts:
         return []
     pipe = live_pipeline(components, unet, sample.scheduler)
@@ -37,7 +38,8 @@ def sample_images(components, unet, sample: SampleConfig, resolution: int, folde
     # SDXL's VAE overflows in fp16 (force_upcast): under fp16 autocast it would decode to NaN (black samples).
     fp32_decode = dtype == torch.float16 and getattr(components.vae.config, "force_upcast", False)
     # No LoRA dropout in samples; the text encoder is the live one, with its LoRA when network.text_encoder is on.
-    modes = {module: module.training for module in (unet, components.text_encoder)}
+    modes = {module: module.training for module in (unet, components.text_encoder, components.text_encoder_2)
+             if module is not None}
     for module in modes:
         module.eval()
     paths = []
@@ -48,6 +50,7 @@ def sample_images(components, unet, sample: SampleConfig, resolution: int, folde
             with torch.no_grad(), autocast:
                 out = pipe(prompt, negative_prompt=sample.negative_prompt or None, height=size, width=size,
                            num_inference_steps=sample.steps, guidance_scale=sample.guidance, generator=generator,
+                           **({"guidance_rescale": guidance_rescale} if guidance_rescale else {}),
                            output_type="latent" if fp32_decode else "pil").images
             image = decode_fp32(pipe, out) if fp32_decode else out[0]
             path = folder / f"{i:02d}.png"

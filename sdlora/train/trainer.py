@@ -21,17 +21,20 @@ from sdlora.config import Config
 from sdlora.data import SampleKey, TrainDataset, build_dataset, collate
 from sdlora.errors import SdloraError
 from sdlora.events import EventBus
-from sdlora.network import (add_lora, add_text_encoder_lora, count_parameters, extract_adapter, load_into,
-                             lora_parameters)
+from sdlora.network import count_parameters, extract_adapter, load_into, lora_parameters
 from sdlora.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from sdlora.train.compiled import compile_step_model, mark_step_begin, use_compile, use_cuda_graphs
 from sdlora.train.distributed import GradientSync, any_process, is_distributed, mean_across_processes
 from sdlora.train.encode import BatchEncoder, set_vae_memory
+from sdlora.train.fp8 import check_fp8_supported, convert_frozen_linears
+from sdlora.train.memory import memory_watch
 from sdlora.train.metadata import adapter_metadata
+from sdlora.train.model_setup import setup_model
 from sdlora.train.objective import make_objective
-from sdlora.train.optim import make_lr_scheduler, make_optimizer
+from sdlora.train.optim import evaluation_weights, make_lr_scheduler, make_optimizer
 from sdlora.train.rundir import RunPaths
 from sdlora.train.sampling import sample_images
+from sdlora.train import recipe
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -91,14 +94,6 @@ class MicroBatchPlan:
             index = (epoch + 1) * self.per_epoch
 
 
-def text_encoders(components) -> dict[str, torch.nn.Module]:
-    """The model's text encoders by component name: "text_encoder", and SDXL's "text_encoder_2" when loaded."""
-    encoders = {"text_encoder": components.text_encoder}
-    if components.text_encoder_2 is not None:
-        encoders["text_encoder_2"] = components.text_encoder_2
-    return encoders
-
-
 def collect_warnings(events: EventBus):
     """Route `warnings.warn` from the library (e.g. a missing caption) into `warning` events."""
     @contextlib.contextmanager
@@ -122,12 +117,12 @@ class Trainer:
         self.dtype = DTYPES[config.train.mixed_precision]
         if self.device.type == "cpu" and self.dtype == torch.float16:
             raise SdloraError("train.mixed_precision: fp16 needs a GPU; use bf16 or no on the CPU")
+        if config.train.base_precision == "fp8":
+            check_fp8_supported(self.device, config.train.mixed_precision)
 
     # ------------------------------------------------------------------------------------------ set-up
     def setup(self) -> None:
         from accelerate import Accelerator
-
-        from sdlora.models import load_components
 
         from accelerate.state import AcceleratorState
 
@@ -140,38 +135,42 @@ class Trainer:
         self.device = self.accelerator.device
         with collect_warnings(self.events):
             self.dataset = build_dataset(cfg.data)
-        # Frozen parts live in the training precision: no fp32 copies of the base weights.
-        self.components = load_components(cfg.model, dtype=self.dtype, **cfg.model_options)
+            self.dataset, self.validation_set = recipe.split_validation(self.dataset, cfg)
+        # Frozen parts live in the training precision: no fp32 copies of the base weights. The same set-up as
+        # --dry-run's (model_setup.py): loading, the config's checks against the model, the LoRA.
+        with collect_warnings(self.events):
+            model = setup_model(cfg, dtype=self.dtype)
+        self.components, self.target_modules, self.text_encoders = (model.components, model.target_modules,
+                                                                    model.text_encoders)
         c = self.components
+        if cfg.train.zero_terminal_snr:
+            recipe.apply_zero_terminal_snr(c)
         for module in (c.vae, c.text_encoder, c.text_encoder_2):
             if module is not None:  # text_encoder_2: SDXL only
-                module.requires_grad_(False).eval().to(self.device)
+                module.to(self.device)
         if self.dtype == torch.float16 and getattr(c.vae.config, "force_upcast", False):
             # SDXL's VAE overflows in fp16 (its config says force_upcast): it encodes in fp32, as diffusers does.
             c.vae.to(torch.float32)
         largest = max(cfg.data.bucket_max, cfg.data.resolution) if cfg.data.buckets else cfg.data.resolution
         set_vae_memory(c.vae, cfg.data.vae_tiling, largest)
-        self.target_modules = add_lora(c.unet, cfg.network, seed=cfg.train.seed)
         if cfg.train.gradient_checkpointing:
             c.unet.enable_gradient_checkpointing()
         c.unet.to(self.device).train()
-        # network.text_encoder: a LoRA on each text encoder, trained in train mode (LoRA dropout as in the UNet).
-        self.text_encoders = {}
-        if cfg.network.text_encoder:
-            if c.family == "sdxl":
-                raise SdloraError("network.text_encoder: not supported for SDXL yet; set it false")
-            self.text_encoders = text_encoders(c)
-            for module in self.text_encoders.values():
-                self.target_modules += add_text_encoder_lora(module, cfg.network, seed=cfg.train.seed)
-                module.to(self.device).train()
+        if cfg.train.base_precision == "fp8":  # the LoRA is in (setup_model): peft's frozen base layers go float8
+            convert_frozen_linears(c.unet)
+        self.memory_watch = memory_watch(self.device, cfg.train)
+        # network.text_encoder: each text encoder with a LoRA trains in train mode (LoRA dropout as in the UNet).
+        for module in self.text_encoders.values():
+            module.to(self.device).train()
         # One list of all trainable parameters, UNet first: what clipping and GradientSync's flat buffer cover.
-        groups = [{"params": lora_parameters(c.unet)}]
+        groups = recipe.unet_param_groups(c.unet, cfg)  # one group, or one per stage with network.block_lr
         if self.text_encoders:
             groups.append({"params": [p for m in self.text_encoders.values() for p in lora_parameters(m)],
                            "lr": cfg.train.effective_text_encoder_lr})
         self.params = [p for group in groups for p in group["params"]]
         self.optimizer = make_optimizer(groups, cfg.train, self.device)
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg.train)
+        self.ema = recipe.make_ema(self.params, cfg.train)
         if cfg.train.channels_last and self.device.type == "cuda":
             c.unet.to(memory_format=torch.channels_last)
         # Only the optimizer goes through accelerate (fp16 loss scaling); the UNet is not wrapped in DDP: its
@@ -197,6 +196,8 @@ class Trainer:
             # cache first; the other ranks then find it full.)
             self.cache_stats = self.dataset.attach_encoder(self.encoder)
         self.objective = make_objective(cfg, c, self.encoder)
+        self.validator = recipe.make_validator(self.validation_set, cfg, self.encoder, c, self.device)
+        recipe.add_logger(self.events, cfg, self.paths.root, self.is_main)
         self.trainable, self.total_params = count_parameters(c.unet, *self.text_encoders.values())
 
     def metadata(self, steps_done: int) -> dict[str, str]:
@@ -212,9 +213,16 @@ class Trainer:
         if not self.is_main:  # rank 0 owns the run folder; every rank holds the same LoRA weights
             return path
 
-        adapter = extract_adapter(self.accelerator.unwrap_model(self.unet), self.metadata(steps_done),
-                                  self.text_encoders)
+        with evaluation_weights(self.optimizer, self.params):  # a schedule-free optimizer's x, not its y
+            adapter = extract_adapter(self.accelerator.unwrap_model(self.unet), self.metadata(steps_done),
+                                      self.text_encoders)
         save_adapter(adapter, path, fmt=self.config.save.format, dtype=self.config.save.dtype)
+        if self.ema is not None:  # NAME-ema.safetensors beside NAME.safetensors
+            with self.ema.weights_applied():
+                adapter = extract_adapter(self.accelerator.unwrap_model(self.unet), self.metadata(steps_done),
+                                          self.text_encoders)
+            save_adapter(adapter, recipe.ema_path(path), fmt=self.config.save.format,
+                         dtype=self.config.save.dtype)
         return path
 
     def save_checkpoint(self, step: int, bad_steps: int) -> Path | None:
@@ -223,18 +231,36 @@ class Trainer:
         adapter = extract_adapter(self.accelerator.unwrap_model(self.unet), text_encoders=self.text_encoders)
         name = f"{self.config.name}.safetensors"
         path = save_checkpoint(self.paths.checkpoints, step, adapter, self.optimizer, self.lr_scheduler, bad_steps,
-                               extra_files={name: lambda p: self.save_adapter(p, step)},
-                               keep=self.config.save.keep_checkpoints)
-        self.events.emit("checkpoint", step=step, total_steps=self.train_cfg.steps, path=path)
+                               extra_files={name: lambda p: self.save_adapter(p, step),
+                                            **recipe.checkpoint_files(self.ema, self.validator, step)},
+                               keep=self.config.save.keep_checkpoints,
+                               keep_also=recipe.best_checkpoint(self.paths.checkpoints))
+        best = recipe.mark_best(self.paths.checkpoints, path, self.validator, step)
+        self.events.emit("checkpoint", step=step, total_steps=self.train_cfg.steps, path=path, **best)
         return path
 
     def sample(self, step: int) -> None:
         if not self.config.sample.prompts or not self.is_main:
             return
         folder = self.paths.samples / f"step-{step:06d}"
-        images = sample_images(self.components, self.accelerator.unwrap_model(self.unet), self.config.sample,
-                               self.config.data.resolution, folder, self.device, self.dtype)
+        with self.evaluation():  # schedule-free x, and the EMA when train.ema is on
+            images = sample_images(self.components, self.accelerator.unwrap_model(self.unet), self.config.sample,
+                                   self.config.data.resolution, folder, self.device, self.dtype,
+                                   guidance_rescale=recipe.guidance_rescale(self.config))
         self.events.emit("sample", step=step, path=folder, images=[str(p) for p in images])
+
+    def evaluation(self):
+        """The weights samples and the validation loss are taken from (training weights restored after)."""
+        return recipe.evaluation(self.optimizer, self.params, self.ema)
+
+    def validate(self, step: int) -> None:
+        if self.validator is None:
+            return
+        unet = self.accelerator.unwrap_model(self.unet)
+        with self.evaluation(), recipe.eval_mode(unet, *self.text_encoders.values()):
+            loss = self.validator(unet, self.accelerator.autocast)
+        best = self.validator.record(step, loss)
+        self.events.emit("validation", step=step, total_steps=self.train_cfg.steps, loss=round(loss, 6), best=best)
 
     def report(self, pending: list[tuple[int, torch.Tensor]], samples_per_step: int) -> str:
         """Read back the losses of the steps since the last report (one host sync) and emit their events."""
@@ -242,6 +268,9 @@ class Trainer:
         now = time.perf_counter()
         rate = round(samples_per_step * len(pending) / max(now - self.window_start, 1e-9), 3)
         self.window_start = now
+        memory_message = self.memory_watch.check(pending[-1][0]) if self.memory_watch is not None else None
+        if memory_message:
+            self.events.emit("warning", step=pending[-1][0], message=memory_message)
         lr = self.lr_scheduler.get_last_lr()[0]
         for (step, _), value in zip(pending, values):
             if not math.isfinite(value):
@@ -270,6 +299,7 @@ class Trainer:
             load_into(self.accelerator.unwrap_model(self.unet),
                       load_checkpoint(latest, self.optimizer, self.lr_scheduler), self.text_encoders)
             start_step, bad_steps = latest.step, latest.bad_steps
+            recipe.resume(latest.path, self.ema, self.validator, self.events)
             if start_step >= train.steps:
                 raise SdloraError(f"{self.paths.root}: already trained {start_step} of {train.steps} steps; "
                                   f"continue with --set train.steps=N (N > {start_step})")
@@ -294,6 +324,8 @@ class Trainer:
                          resumed=resume)
         if start_step == 0 and cfg.sample.every:
             self.sample(0)  # the "before" picture
+        if start_step == 0 and train.validate_every:
+            self.validate(0)
         generator = torch.Generator(self.device)
         samples_per_step = train.batch_size * accum * self.accelerator.num_processes
         report_every = train.report_every or (1 if self.device.type == "cpu" else 10)
@@ -322,7 +354,8 @@ class Trainer:
                 with self.accelerator.autocast() if self.text_encoders else contextlib.nullcontext():
                     latents, cond = self.encoder(batch, generator)
                 with self.accelerator.autocast():
-                    per_sample = self.objective(self.step_unet, latents, cond, generator)
+                    per_sample = self.objective(self.step_unet, latents, cond, generator,
+                                                **({"mask": batch["mask"]} if "mask" in batch else {}))
                 loss = (per_sample * batch["loss_weight"].to(self.device, non_blocking=True)).mean() / accum
                 self.accelerator.backward(loss)
                 step_loss += loss.detach()
@@ -339,6 +372,8 @@ class Trainer:
                 if train.max_grad_norm:
                     self.accelerator.clip_grad_norm_(self.params, train.max_grad_norm)
                 self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update()
             self.lr_scheduler.step()
             pending.append((step, step_loss))
             # Under data parallelism a stop request is agreed on at the next report window (any_process), so
@@ -346,7 +381,8 @@ class Trainer:
             must_report = (step % report_every == 0 or step == train.steps
                            or (self.stop.requested and not is_distributed())
                            or (cfg.sample.every and step % cfg.sample.every == 0)
-                           or (cfg.save.every and step % cfg.save.every == 0))
+                           or (cfg.save.every and step % cfg.save.every == 0)
+                           or (train.validate_every and step % train.validate_every == 0))
             if not must_report:
                 continue
             if self.report(pending, samples_per_step) == "error":
@@ -363,11 +399,14 @@ class Trainer:
                 return TrainResult("stopped", step, path, self.losses)
             if cfg.sample.every and step % cfg.sample.every == 0 and step < train.steps:
                 self.sample(step)
+            if train.validate_every and step % train.validate_every == 0 and step < train.steps:
+                self.validate(step)
             # No checkpoint in the middle of a streak of skipped steps: the last good one stays the newest.
             if cfg.save.every and step % cfg.save.every == 0 and step < train.steps and not self.bad_steps:
                 self.save_checkpoint(step, self.bad_steps)
         bad_steps, losses = self.bad_steps, self.losses
         self.sample(step)
+        self.validate(step)
         self.save_checkpoint(step, bad_steps)
         path = self.save_adapter(self.paths.adapter, step)
         self.events.emit("done", step=step, total_steps=train.steps, path=path,

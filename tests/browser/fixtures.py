@@ -37,3 +37,28 @@ def make_adapters(folder: Path) -> list[Path]:
         save_adapter(random_adapter(unet, seed), path, fmt="kohya", dtype="fp32")
         paths.append(path)
     return paths
+
+
+def make_run(folder: Path, steps=(10, 20), name: str = "cmprun") -> Path:
+    """A run folder as the trainer leaves it: config.yaml, checkpoints/step-N/ (adapter + trainer_state.json),
+    the final adapter (the last checkpoint's step) and a validation loss per checkpoint in events.jsonl."""
+    import json
+
+    from sdlora.adapters.io import save_adapter
+    from sdlora.models import load_components
+
+    unet = load_components("tiny").unet
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(f"name: {name}\nmodel: tiny\n", encoding="utf-8")
+    events = []
+    for i, step in enumerate(steps):
+        ckpt = folder / "checkpoints" / f"step-{step:06d}"
+        ckpt.mkdir(parents=True, exist_ok=True)
+        adapter = random_adapter(unet, 10 + i, scale=0.2)
+        adapter.metadata["ss_steps"] = str(step)
+        save_adapter(adapter, ckpt / f"{name}.safetensors")
+        (ckpt / "trainer_state.json").write_text(json.dumps({"step": step}), encoding="utf-8")
+        events.append({"event": "validation", "time": 0, "step": step, "loss": 0.1 / (i + 1)})
+    save_adapter(adapter, folder / f"{name}.safetensors")
+    (folder / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    return folder

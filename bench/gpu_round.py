@@ -1,0 +1,413 @@
+"""One GPU round of issue 20 in as few device calls as possible: chip rates, SD 1.5 speed beside the diffusers
+recipe, fp8 against bf16 (speed and the loss after the same steps), cold and warm time to the first step.
+
+    python bench/gpu_round.py --state STATE.json --budget 560 [--sdxl]
+
+Stages run in order, each in its own process with a time limit; each one's result is saved into STATE.json as
+soon as it ends, and a stage already in STATE.json is skipped, so the same command in a second call (the file
+carried back) goes on where the first stopped. A stage is started only when the budget left covers its estimate.
+The compile cache lives on the machine (SDLORA_CACHE, default /tmp/gpuround-cache): when it is gone (a new
+machine), the timed stages compile again first (`precompile`, several configurations at once).
+
+Stages:
+- env: versions and the card;
+- model: a random-weight SD 1.5 folder and 64 synthetic 512 px images (train_speed.py's builders);
+- rates: the bf16 and fp8 (row-wise scaled) matmul rates, 8192^3, median of 20; the fp8 layer's error against
+  bf16 on the GPU, eager and compiled;
+- flops: forward + backward FLOPs per 512 px sample (FlopCounterMode);
+- first_step: `sdlora train` in a new process to its first step, batch 8, compile on: cold (empty inductor
+  cache, the first compile of the round) then warm;
+- precompile: the other timed configurations through `sdlora train` for 2 steps, in parallel, to fill the cache;
+- baseline: the diffusers recipe loop at batch 1, 8, 32;
+- timed-*: train_speed.py runs (compiled + CUDA graphs, cached latents) with the loss on fixed data afterwards
+  (validation_loss): bf16 at batch 1, 8, 32 (8 and 32 with two seeds for the run-to-run spread), fp8 at 8, 32;
+- sdxl-* (--sdxl): SDXL 1024 px batch 4, `compile: blocks` cold and warm first step, then its speed.
+Prints a short table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+STEPS = {1: (20, 60), 8: (20, 80), 32: (20, 40)}  # batch: (warm-up, timed steps)
+LR = 3e-4  # high enough that 100 steps move the fixed-data loss on a random-weight UNet
+TIMED = [  # (name, batch, base_precision, seed)
+    ("timed-bf16-b8-s42", 8, "auto", 42), ("timed-bf16-b8-s7", 8, "auto", 7), ("timed-fp8-b8-s42", 8, "fp8", 42),
+    ("timed-bf16-b32-s42", 32, "auto", 42), ("timed-fp8-b32-s42", 32, "fp8", 42),
+    ("timed-bf16-b32-s7", 32, "auto", 7), ("timed-bf16-b1-s42", 1, "auto", 42),
+]
+SDXL_TFLOP_PER_SAMPLE = 14.58
+PRECOMPILE = [(1, "auto"), (32, "auto"), (8, "fp8"), (32, "fp8")]  # b8 bf16 compiles in first_step
+
+
+def work_dir() -> Path:
+    return Path(os.environ.setdefault("SDLORA_CACHE", "/tmp/gpuround-cache")).parent / "gpuround-work"
+
+
+# ------------------------------------------------------------------------------------------ stages (children)
+def stage_env(_args) -> dict:
+    import diffusers
+    import peft
+    import torch
+    import transformers
+
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                          "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+    return {"device": torch.cuda.get_device_name(), "capability": list(torch.cuda.get_device_capability()),
+            "total_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
+            "nvidia_smi": smi, "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
+            "torch": torch.__version__, "cuda": torch.version.cuda, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def stage_model(_args) -> dict:
+    from train_speed import build_model, make_images
+
+    work = work_dir()
+    t0 = time.perf_counter()
+    build_model("sd15", work / "sd15")
+    make_images(work / "data", 64, 512)
+    return {"model_dir": str(work / "sd15"), "data_dir": str(work / "data"), "build_s": round(time.perf_counter() - t0, 1)}
+
+
+def _median_ms(fn, repeats: int = 20) -> float:
+    import torch
+
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def stage_rates(_args) -> dict:
+    import torch
+
+    from sdlora.train.fp8 import Fp8FrozenLinear, quantize_rows
+
+    n = 8192
+    out = {}
+    # Several input sets, rotated, so the timing does not measure one cached pair; random data, not zeros.
+    pairs = [(torch.randn(n, n, device="cuda", dtype=torch.bfloat16),
+              torch.randn(n, n, device="cuda", dtype=torch.bfloat16)) for _ in range(3)]
+    calls = [0]
+
+    def bf16():
+        calls[0] += 1
+        a, b = pairs[calls[0] % 3]
+        return a @ b
+
+    def fp8():
+        calls[0] += 1
+        (a, sa), (b, sb) = quant[calls[0] % 3]
+        return torch._scaled_mm(a, b.t(), scale_a=sa, scale_b=sb.t(), out_dtype=torch.bfloat16)
+
+    ms = _median_ms(bf16)
+    out["bf16_matmul_tflops"] = round(2 * n**3 / ms / 1e9, 1)
+    quant = [(quantize_rows(a), quantize_rows(b)) for a, b in pairs]
+    ms = _median_ms(fp8)
+    out["fp8_rowwise_matmul_tflops"] = round(2 * n**3 / ms / 1e9, 1)
+    del pairs, quant
+    # The fp8 layer against the bf16 linear on fresh random data, forward and input gradient, eager and compiled.
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(1280, 5120, device="cuda", dtype=torch.bfloat16).requires_grad_(False)
+    layer = Fp8FrozenLinear(linear)
+    for mode, fn in (("eager", layer), ("compiled", torch.compile(layer))):
+        x = torch.randn(8, 1024, 1280, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        x64 = x.detach().double()
+        ref = x64 @ linear.weight.double().t() + linear.bias.double()
+        y = fn(x)
+        g = torch.randn_like(y)
+        (gx,) = torch.autograd.grad(y, x, g)
+        ref_gx = g.double() @ linear.weight.double()
+        out[f"fp8_layer_{mode}_rel_err"] = round(((y.double() - ref).norm() / ref.norm()).item(), 5)
+        out[f"fp8_layer_{mode}_grad_rel_err"] = round(((gx.double() - ref_gx).norm() / ref_gx.norm()).item(), 5)
+        bf = linear(x.detach())
+        out["bf16_layer_rel_err"] = round(((bf.double() - ref).norm() / ref.norm()).item(), 5)
+    assert all(v < 0.1 for k, v in out.items() if k.endswith("rel_err")), out
+    return out
+
+
+def stage_fp8_check(args) -> dict:
+    """The fp8 UNet eagerly for one training step at batch 2 (LoRA gradients arrive), and the memory reader."""
+    import torch
+
+    from sdlora.config import NetworkConfig
+    from sdlora.models import load_components
+    from sdlora.network import add_lora, lora_parameters
+    from sdlora.train.fp8 import convert_frozen_linears
+    from sdlora.train.memory import cuda_reader
+
+    c = load_components(args.model_dir, dtype=torch.bfloat16)
+    add_lora(c.unet, NetworkConfig(rank=16, alpha=16), seed=0)
+    unet = c.unet.cuda().train()
+    replaced = convert_frozen_linears(unet)
+    for p in lora_parameters(unet):
+        p.data = p.data.float()
+    latents = torch.randn(2, 4, 64, 64, device="cuda", dtype=torch.bfloat16)
+    text = torch.randn(2, 77, 768, device="cuda", dtype=torch.bfloat16)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        unet(latents, torch.tensor([500, 20], device="cuda"), text).sample.float().pow(2).mean().backward()
+    grads = [p.grad for p in lora_parameters(unet)]
+    peak, total = cuda_reader(torch.device("cuda"))()
+    return {"replaced_linears": replaced, "lora_grads_nonzero": sum(int(g is not None and bool(g.abs().sum() > 0))
+                                                                    for g in grads),
+            "lora_params": len(grads), "peak_reserved_gib": round(peak / 2**30, 2),
+            "total_gib": round(total / 2**30, 2)}
+
+
+def bench_args(**kw) -> SimpleNamespace:
+    base = dict(rank=16, resolution=512, workers=4, precision="bf16", compile="on", cuda_graphs="auto",
+                first_step_profile=None, warmup=5, steps=15)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def stage_flops(args) -> dict:
+    from train_speed import flops_per_sample
+
+    return {"tflop_per_sample": round(flops_per_sample(Path(args.model_dir), bench_args()) / 1e12, 4)}
+
+
+def stage_baseline(args) -> dict:
+    import torch
+
+    from train_speed import run_baseline
+
+    rows = []
+    for b in (1, 8, 32):
+        rows.append(run_baseline(Path(args.model_dir), b, bench_args()))
+        torch.cuda.empty_cache()
+    return {"rows": rows}
+
+
+def stage_first_step(args) -> dict:
+    import shutil
+
+    from train_speed import time_to_first_step
+
+    inductor = Path(os.environ["SDLORA_CACHE"]) / "inductor"
+    cold = not inductor.is_dir() or not any(inductor.iterdir())
+    out = work_dir() / "first"
+    shutil.rmtree(out, ignore_errors=True)
+    result = time_to_first_step(Path(args.model_dir), Path(args.data_dir), out, 8, bench_args())
+    result["run1_cache"] = "cold" if cold else "warm"
+    return result
+
+
+def stage_precompile(args) -> dict:
+    """`sdlora train` for 2 steps per configuration, all at once (the compile is CPU work on 16 cores)."""
+    import shutil
+
+    import yaml
+
+    out = work_dir() / "precompile"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    procs = {}
+    start = time.perf_counter()
+    for batch, precision in PRECOMPILE:
+        name = f"pre-b{batch}-{precision}"
+        preset = out / f"{name}.yaml"
+        preset.write_text(yaml.safe_dump({
+            "name": name, "model": args.model_dir,
+            "data": {"dir": args.data_dir, "resolution": 512, "cache": "disk", "num_workers": 2},
+            "network": {"rank": 16, "alpha": 16},
+            "train": {"steps": 2, "batch_size": batch, "mixed_precision": "bf16", "compile": "on",
+                      "base_precision": precision, "report_every": 1},
+            "save": {"output_dir": str(out)}}))
+        procs[name] = subprocess.Popen([sys.executable, "-m", "sdlora", "train", "--preset", str(preset)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    result = {}
+    for name, proc in procs.items():
+        _, err = proc.communicate()
+        result[name] = {"rc": proc.returncode, "wall_s": round(time.perf_counter() - start, 1)}
+        if proc.returncode:
+            result[name]["stderr"] = err[-1500:]
+    (Path(os.environ["SDLORA_CACHE"]) / "precompiled").write_text(json.dumps(result))
+    return result
+
+
+def stage_timed(args, batch: int, precision: str, seed: int) -> dict:
+    warmup, steps = STEPS[batch]
+    out = work_dir() / f"timed-{batch}-{precision}-{seed}.json"
+    cmd = [sys.executable, str(HERE / "train_speed.py"), "--batch", str(batch), "--warmup", str(warmup),
+           "--steps", str(steps), "--cache", "memory", "--compile", "on", "--val", "--seed", str(seed),
+           "--lr", str(LR), "--base-precision", precision, "--model-dir", args.model_dir, "--data-dir",
+           args.data_dir, "--skip-flops", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    row = json.loads(out.read_text())["results"][0]
+    return row
+
+
+def stage_sdxl_model(_args) -> dict:
+    from train_speed import build_model, make_images
+
+    work = work_dir()
+    t0 = time.perf_counter()
+    build_model("sdxl", work / "sdxl")
+    make_images(work / "data1024", 16, 1024)
+    return {"build_s": round(time.perf_counter() - t0, 1)}
+
+
+def stage_sdxl_first_step(_args) -> dict:
+    import shutil
+
+    from train_speed import time_to_first_step
+
+    out = work_dir() / "first-sdxl"
+    shutil.rmtree(out, ignore_errors=True)
+    return time_to_first_step(work_dir() / "sdxl", work_dir() / "data1024", out, 4,
+                              bench_args(resolution=1024, compile="blocks", workers=4))
+
+
+def stage_sdxl_timed(_args) -> dict:
+    out = work_dir() / "timed-sdxl.json"
+    cmd = [sys.executable, str(HERE / "train_speed.py"), "--arch", "sdxl", "--batch", "4", "--warmup", "10",
+           "--steps", "20", "--cache", "memory", "--compile", "blocks", "--images", "16",
+           "--model-dir", str(work_dir() / "sdxl"), "--data-dir", str(work_dir() / "data1024"), "--skip-flops",
+           "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    # The FLOP count of SDXL at 1024 px takes minutes: docs/PERFORMANCE.md's count (14.58 TFLOP a sample, forward
+    # and backward, FlopCounterMode) is used for the chip share against the rates stage's bf16 figure.
+    return {**json.loads(out.read_text())["results"][0], "tflop_per_sample": SDXL_TFLOP_PER_SAMPLE}
+
+
+def stage_functions() -> dict:
+    stages = {"env": (20, stage_env), "model": (60, stage_model), "rates": (60, stage_rates),
+              "flops": (40, stage_flops), "fp8_check": (40, stage_fp8_check), "first_step": (300, stage_first_step),
+              "precompile": (300, stage_precompile), "baseline": (90, stage_baseline)}
+    for name, batch, precision, seed in TIMED:
+        stages[name] = (60 if batch < 32 else 80, lambda a, b=batch, p=precision, s=seed: stage_timed(a, b, p, s))
+    stages["sdxl-model"] = (150, stage_sdxl_model)
+    stages["sdxl-first-step"] = (400, stage_sdxl_first_step)
+    stages["sdxl-timed"] = (150, stage_sdxl_timed)
+    return stages
+
+
+# ------------------------------------------------------------------------------------------ orchestration
+def summary_table(state: dict) -> str:
+    rates = state.get("rates", {}).get("result", {})
+    peak = rates.get("bf16_matmul_tflops")
+    flops = state.get("flops", {}).get("result", {}).get("tflop_per_sample")
+    base = {r["batch"]: r for r in state.get("baseline", {}).get("result", {}).get("rows", [])}
+    lines = [f"bf16 matmul {peak} TFLOP/s, fp8 row-wise {rates.get('fp8_rowwise_matmul_tflops')} TFLOP/s; "
+             f"{flops} TFLOP per 512 px sample",
+             f"{'run':<22} {'samples/s':>9} {'s/step':>7} {'GiB':>6} {'chip%':>6} {'recipe':>7} {'x':>5} "
+             f"{'val loss':>9} {'init':>9}"]
+    for name, *_ in TIMED:
+        r = state.get(name, {}).get("result")
+        if not r:
+            lines.append(f"{name:<22} {state.get(name, {}).get('status', 'not run')}")
+            continue
+        chip = f"{100 * r['samples_per_s'] * flops / peak:.1f}" if flops and peak else "-"
+        b = base.get(r["batch"], {}).get("samples_per_s")
+        ratio = f"{r['samples_per_s'] / b:.2f}" if b else "-"
+        lines.append(f"{name:<22} {r['samples_per_s']:>9} {r['s_per_step']:>7} {r['peak_gpu_mem_gib']!s:>6} "
+                     f"{chip:>6} {b!s:>7} {ratio:>5} {r.get('val_loss')!s:>9} {r.get('val_loss_lora_init')!s:>9}")
+    first = state.get("first_step", {}).get("result")
+    if first:
+        lines.append(f"first step b8 on: run1 ({first.get('run1_cache')}) {first.get('run1_s')} s "
+                     f"(setup {first.get('run1_setup_s')}), run2 {first.get('run2_s')} s (setup {first.get('run2_setup_s')})")
+    for name in ("sdxl-first-step", "sdxl-timed"):
+        if state.get(name, {}).get("result"):
+            lines.append(f"{name}: {json.dumps(state[name]['result'])}")
+    failed = [f"{k}: {v.get('status')}" for k, v in state.items() if v.get("status") not in ("ok", None)]
+    if failed:
+        lines.append("not ok: " + "; ".join(failed))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--state", type=Path, required=True, help="JSON of the stages done so far (read and written)")
+    parser.add_argument("--budget", type=float, default=560, help="seconds this call may spend")
+    parser.add_argument("--sdxl", action="store_true", help="also the SDXL stages, after the SD 1.5 ones")
+    parser.add_argument("--only", nargs="*", help="run only these stages (in the usual order)")
+    parser.add_argument("--stage", help=argparse.SUPPRESS)  # a child process: run this stage, print its JSON
+    parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("SDLORA_CACHE", "/tmp/gpuround-cache")
+    stages = stage_functions()
+    if args.stage:
+        print("RESULT " + json.dumps(stages[args.stage][1](args)), flush=True)
+        return
+
+    start = time.perf_counter()
+    state = json.loads(args.state.read_text()) if args.state.is_file() else {}
+    cache = Path(os.environ["SDLORA_CACHE"])
+    work = work_dir()
+    order = [s for s in stages if args.sdxl or not s.startswith("sdxl")]
+    if args.only:
+        order = [s for s in order if s in args.only]
+    for name in order:
+        done = state.get(name, {}).get("status") == "ok"
+        # Stages whose product lives on the machine run again on a new machine.
+        if name == "model" and done and not (work / "sd15" / "model_index.json").is_file():
+            done = False
+        if name == "precompile" and done and not (cache / "precompiled").is_file():
+            done = False
+        if name == "sdxl-model" and done and not (work / "sdxl" / "model_index.json").is_file():
+            done = False
+        if done:
+            continue
+        timed = next((t for t in TIMED if t[0] == name), None)
+        if timed and (timed[1], timed[2]) != (8, "auto") and not (cache / "precompiled").is_file():
+            # Not compiled on this machine yet: a cold compile inside a timed stage would eat the budget.
+            print(f"[{time.strftime('%X')}] {name}: skipped until precompile has run", flush=True)
+            continue
+        estimate, _ = stages[name]
+        left = args.budget - (time.perf_counter() - start)
+        if left < estimate:
+            print(f"[{time.strftime('%X')}] {name}: skipped, {left:.0f} s left < estimate {estimate} s", flush=True)
+            continue
+        model = state.get("model", {}).get("result", {})
+        cmd = [sys.executable, __file__, "--state", str(args.state), "--stage", name,
+               "--model-dir", model.get("model_dir", str(work / "sd15")),
+               "--data-dir", model.get("data_dir", str(work / "data"))]
+        print(f"[{time.strftime('%X')}] {name}: start ({left:.0f} s left)", flush=True)
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(left - 5, 10))
+            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if proc.returncode == 0 and line:
+                entry = {"status": "ok", "result": json.loads(line[7:])}
+            else:
+                entry = {"status": f"failed rc={proc.returncode}", "stderr": proc.stderr[-3000:]}
+        except subprocess.TimeoutExpired:
+            entry = {"status": "timed out"}
+        entry["wall_s"] = round(time.perf_counter() - t0, 1)
+        entry["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        state[name] = entry
+        args.state.parent.mkdir(parents=True, exist_ok=True)
+        args.state.write_text(json.dumps(state, indent=1))
+        print(f"[{time.strftime('%X')}] {name}: {entry['status']} in {entry['wall_s']} s "
+              f"{json.dumps(entry.get('result'))[:400] if 'result' in entry else entry.get('stderr', '')[-1500:]}",
+              flush=True)
+    print(summary_table(state))
+
+
+if __name__ == "__main__":
+    main()
