@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
+import warnings
 
 from sdlora import __version__
 from sdlora.errors import SdloraError
+from sdlora.text import printable
 
 # Subcommand modules, in the order `sdlora --help` lists them.
 COMMAND_MODULES = ["train", "generate", "inspect", "convert", "merge", "resize", "dataset", "models", "caption",
@@ -41,17 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def quiet_unrelated_notices() -> None:
-    """Our process, our terminal: silence the one import-time notice that concerns nothing sdlora does.
-
-    bitsandbytes (imported by peft) logs a warning on CPUs with AVX512-BF16 when the optional `kernels` package
-    for its 4-bit CPU inference is missing; every command would print it first. Only that logger is touched."""
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
-
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    quiet_unrelated_notices()
     argv = list(sys.argv[1:] if argv is None else argv)
     # --debug may come anywhere on the line.
     debug = "--debug" in argv
@@ -61,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    warnings.showwarning = _one_line_warnings(args.command, warnings.showwarning)
     try:
         if not os.environ.get("SDLORA_SKIP_VERSION_CHECK"):
             from sdlora.versions import check_versions
@@ -70,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except SdloraError as exc:
         if debug:
             raise
-        print(f"sdlora {args.command}: error: {exc}", file=sys.stderr)
+        print(f"sdlora {args.command}: error: {printable(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C (the first stops training cleanly, saves and exits 0)
         print(f"sdlora {args.command}: interrupted; nothing saved since the last checkpoint", file=sys.stderr)
@@ -82,6 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sdlora {args.command}: failed: {type(exc).__name__}: {detail} (rerun with --debug for the "
               f"traceback)", file=sys.stderr)
         return 1
+
+
+def _one_line_warnings(command: str, default):
+    """sdlora's own warnings (a skipped key, layers the model lacks) as one line each, like its errors."""
+    package = os.path.dirname(os.path.abspath(__file__))
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not os.path.abspath(filename).startswith(package + os.sep):
+            return default(message, category, filename, lineno, file, line)
+        print(f"sdlora {command}: warning: {printable(str(message))}", file=file or sys.stderr)
+    return show
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -337,7 +339,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         meta = fields[key].metadata
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             lo, hi = meta.get("min"), meta.get("max")
-            if (lo is not None and value < lo) or (hi is not None and value > hi):
+            # NaN compares false with everything, so it would pass the range test: refused on its own, like inf.
+            if not math.isfinite(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
                 raise SdloraError(f"{dotted}: {value} is out of range [{lo}, {hi}] ({meta['help']})")
         kwargs[key] = value
     return cls(**kwargs)
@@ -350,6 +353,13 @@ def _cross_checks(cfg: Config) -> None:
         raise SdloraError("data.bucket_min must not exceed data.bucket_max")
     if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name in (".", ".."):
         raise SdloraError(f"name: {cfg.name!r} must be a plain folder name (no slashes)")
+    too_long = len(cfg.name) > MAX_NAME or len(cfg.name.encode("utf-8")) > 2 * MAX_NAME
+    if too_long or any(ord(c) < 32 or ord(c) == 127 for c in cfg.name):
+        raise SdloraError(f"name: must be at most {MAX_NAME} characters with no control characters (it names "
+                          f"the folder outputs/NAME and the file NAME.safetensors); give a shorter name")
+    if not CAPTION_EXTENSION.match(cfg.data.caption_extension):
+        raise SdloraError(f"data.caption_extension: {cfg.data.caption_extension!r} is not a file extension; give "
+                          f"one like .txt or .caption")
     if not cfg.network.targets:
         raise SdloraError("network.targets: name at least one module, e.g. [to_q, to_k, to_v, to_out.0]")
     if cfg.network.text_encoder and cfg.mode == "lcm":
@@ -396,6 +406,8 @@ def _recipe_checks(cfg: Config) -> None:
 
 
 LCM_DEFAULT_RANK = 64
+MAX_NAME = 100  # outputs/NAME/NAME.safetensors and checkpoints' NAME.safetensors stay well within 255 bytes
+CAPTION_EXTENSION = re.compile(r"^\.?[A-Za-z0-9_-][A-Za-z0-9_.-]{0,31}$")
 PRODIGY_DEFAULT_LR = 1.0
 
 
@@ -449,6 +461,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise SdloraError(f"{path}: preset file not found (see presets/ for examples)")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SdloraError(f"{path}: not UTF-8 text (byte {exc.start}); save the preset as UTF-8") from None
+    except IsADirectoryError:
+        raise SdloraError(f"{path}: is a folder; give a preset .yaml file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -63,15 +63,35 @@ class JsonlWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.fh = open(path, "a", encoding="utf-8")
+        # A writer killed (or out of disk) mid-line left a torn last line: start on a fresh one, so the first
+        # event is not glued onto it (readers skip the torn line).
+        self.torn = path.stat().st_size > 0 and _last_byte(path) != b"\n"
 
     def __call__(self, event: dict[str, Any]) -> None:
-        self.fh.write(json.dumps(event, ensure_ascii=False) + "\n")
-        self.fh.flush()
+        line = ("\n" if self.torn else "") + json.dumps(event, ensure_ascii=False) + "\n"
+        self.torn = True  # until the line is on the disk whole
+        try:
+            self.fh.write(line)
+            self.fh.flush()
+        except OSError:
+            try:  # what the failed flush kept buffered goes, or fails to, now; the next line starts fresh anyway
+                self.fh.close()
+            except OSError:
+                pass
+            self.fh = open(self.path, "a", encoding="utf-8")
+            raise
+        self.torn = False
         if event["event"] in ("done", "stopped", "error", "checkpoint"):
             os.fsync(self.fh.fileno())
 
     def close(self) -> None:
         self.fh.close()
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1)
 
 
 class ConsoleReporter:
@@ -101,6 +121,9 @@ class ConsoleReporter:
         self._write(message)
 
     def _write(self, text: str) -> None:
+        from sdlora.text import printable
+
+        text = printable(text)  # messages quote file names and captions
         if self.bar is not None:
             self.bar.write(text, file=self.stream)
         else:

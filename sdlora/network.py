@@ -23,6 +23,9 @@ TEXT_ENCODER_SEED = 1
 
 
 def lora_config(network: NetworkConfig, targets: list[str] | tuple[str, ...] | None = None):
+    from sdlora.quiet import import_bitsandbytes_quietly
+
+    import_bitsandbytes_quietly()  # peft imports it too
     from peft import LoraConfig
 
     return LoraConfig(r=network.rank, lora_alpha=network.effective_alpha, lora_dropout=network.dropout,

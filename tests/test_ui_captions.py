@@ -43,3 +43,25 @@ def test_find_and_replace_in_all_captions(tmp_path):
     for p in folder.glob("*.txt"):
         assert p.read_text() == before[p.name].replace("white", "black").strip() + "\n"
     assert captions.replace_text(folder, "", "x") == 0
+
+
+def test_a_caption_symlinked_outside_the_allowed_folders_is_refused_by_name(tmp_path):
+    from ui.check_view import checked
+    from ui.paths import Roots
+
+    project = tmp_path / "project"
+    folder = make_shape_folder(project / "datasets" / "set", count=3)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root password hunter2", encoding="utf-8")
+    (folder / "img001.txt").unlink()
+    (folder / "img001.txt").symlink_to(secret)
+    roots = Roots.of(project)
+    entries = captions.list_entries(folder, allowed=roots.contains)
+    assert [e.refused for e in entries] == ["", "img001.txt leads outside the allowed folders through a symlink; "
+                                                "not read", ""]
+    assert not any("hunter2" in e.caption for e in entries)
+    assert captions.add_trigger(folder, "sks", allowed=roots.contains) == 2
+    assert secret.read_text(encoding="utf-8") == "root password hunter2"  # never written through the link
+    assert captions.replace_text(folder, "password", "x", allowed=roots.contains) == 0
+    html, _ = checked(folder, 64, False, hide_tags=True)
+    assert "hunter2" not in html  # the check's top tags would show the linked file's words

@@ -101,3 +101,15 @@ def test_uploads_are_size_limited_and_keep_only_their_base_name(tmp_path):
     assert report.skipped == ["run.sh"]
     with pytest.raises(UnsafePath, match="upload limit"):
         import_uploads([src / "a.png"], tmp_path / "set2", Limits(max_file_bytes=10))
+
+
+def test_a_refused_upload_leaves_no_empty_data_set_folder(tmp_path):
+    bomb = make_zip(tmp_path / "bomb.zip", {"a.png": b"\0" * (8 * 2**20)})
+    dest = tmp_path / "datasets" / "new"
+    with pytest.raises(UnsafePath, match="zip bomb"):
+        import_uploads([bomb], dest)
+    assert not dest.exists()
+    dest.mkdir()  # a folder that was there before stays
+    with pytest.raises(UnsafePath):
+        import_uploads([bomb], dest)
+    assert dest.is_dir()

@@ -79,6 +79,26 @@ def exposure_warning(host: str, auth) -> str | None:
             f"Add --auth USER:PASS, or use the default --host 127.0.0.1.\n{bar}")
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why the app cannot listen on host:port (out of range, in use, not an address here), or None."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        return f"--port {port}: give a port from 1 to 65535"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"--host {host}: not an address of this machine ({exc.strerror})"
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return f"--port {port}: cannot listen on {host}:{port} ({exc.strerror}); pick another with --port N"
+    return None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="sdlora-ui", description="The sdlora app: Dataset, Train and Preview tabs.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
@@ -100,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             print("sdlora-ui: error: --auth takes USER:PASS, e.g. --auth me:secret", file=sys.stderr)
             return 2
         auth = (user, password)
+    problem = port_problem(args.host, args.port)
+    if problem:
+        print(f"sdlora-ui: error: {problem}", file=sys.stderr)
+        return 2
     warning = exposure_warning(args.host, auth)
     if warning:
         print(warning, file=sys.stderr, flush=True)
@@ -113,8 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     # leaving it running unseen.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     print(f"sdlora-ui: allowed folders: {ctx.roots.describe()}", file=sys.stderr, flush=True)
-    app.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, auth=auth,
-                                                  **launch_kwargs(ctx))
+    try:
+        app.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, auth=auth,
+                                                      **launch_kwargs(ctx))
+    except OSError as exc:  # taken between the check above and the launch, or an address not of this machine
+        print(f"sdlora-ui: error: cannot listen on {args.host}:{args.port} ({str(exc).splitlines()[0]}); pick "
+              f"another with --port N or --host ADDRESS", file=sys.stderr)
+        return 2
     return 0
 
 

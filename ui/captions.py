@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from sdlora.atomic import write_text
 from sdlora.data.captions import read_caption, with_trigger
 from sdlora.data.scan import scan_folder
+
+
+Allowed = Callable[[Path], bool]
 
 
 @dataclass(frozen=True)
@@ -20,17 +24,27 @@ class Entry:
     caption_path: Path  # where the caption lives or will be written
     caption: str
     has_file: bool
+    refused: str = ""  # why the app will not read this entry's image or caption (a symlink that leads out)
 
 
 def caption_path_for(image: Path, extension: str = ".txt") -> Path:
     return image.with_suffix(extension if extension.startswith(".") else "." + extension)
 
 
-def list_entries(folder: Path, extension: str = ".txt") -> list[Entry]:
-    """Every image of the folder (as training sees them, sorted) with its caption ("" where there is none)."""
+def list_entries(folder: Path, extension: str = ".txt", allowed: Allowed | None = None) -> list[Entry]:
+    """Every image of the folder (as training sees them, sorted) with its caption ("" where there is none).
+
+    With `allowed` (the app's `Roots.contains`), an image or caption that resolves outside the allowed folders (a
+    symlink that leads out) is not read: its entry has `refused` set, naming the file, and no caption.
+    """
     entries = []
     for record in scan_folder(folder, extension):
         path = caption_path_for(record.path, extension)
+        outside = [p for p in (record.path, path) if allowed is not None and p.exists() and not allowed(p)]
+        if outside:
+            reason = f"{outside[0].name} leads outside the allowed folders through a symlink; not read"
+            entries.append(Entry(record.path, path, "", False, refused=reason))
+            continue
         caption = read_caption(path)[0] if path.is_file() else ""
         entries.append(Entry(record.path, path, caption, path.is_file()))
     return entries
@@ -43,13 +57,15 @@ def save_caption(image: Path, caption: str, extension: str = ".txt") -> Path:
     return path
 
 
-def add_trigger(folder: Path, trigger: str, extension: str = ".txt") -> int:
+def add_trigger(folder: Path, trigger: str, extension: str = ".txt", allowed: Allowed | None = None) -> int:
     """Put `trigger` in front of every caption that does not start with it; returns how many files changed."""
     trigger = trigger.strip()
     if not trigger:
         return 0
     changed = 0
-    for entry in list_entries(folder, extension):
+    for entry in list_entries(folder, extension, allowed):
+        if entry.refused:
+            continue
         new = with_trigger(entry.caption, trigger)
         if new != entry.caption or not entry.has_file:
             save_caption(entry.image, new, extension)
@@ -57,12 +73,12 @@ def add_trigger(folder: Path, trigger: str, extension: str = ".txt") -> int:
     return changed
 
 
-def replace_text(folder: Path, find: str, replace: str, extension: str = ".txt") -> int:
+def replace_text(folder: Path, find: str, replace: str, extension: str = ".txt", allowed: Allowed | None = None) -> int:
     """Replace `find` with `replace` in every caption (plain text, case-sensitive); returns files changed."""
     if not find:
         return 0
     changed = 0
-    for entry in list_entries(folder, extension):
+    for entry in list_entries(folder, extension, allowed):
         if entry.has_file and find in entry.caption:
             save_caption(entry.image, " ".join(entry.caption.replace(find, replace).split()), extension)
             changed += 1

@@ -67,12 +67,18 @@ def check_html(report: dict[str, Any] | None, error: str = "") -> str:
     return "".join(out)
 
 
-def checked(folder: Path | None, resolution: int, allow_upscale: bool) -> tuple[str, dict[str, str]]:
-    """(HTML, problem files) for the Dataset tab; a failing check becomes a readable message, not an exception."""
+def checked(folder: Path | None, resolution: int, allow_upscale: bool,
+            hide_tags: bool = False) -> tuple[str, dict[str, str]]:
+    """(HTML, problem files) for the Dataset tab; a failing check becomes a readable message, not an exception.
+
+    `hide_tags`: leave out the top tags (when a caption leads outside the allowed folders, its words would show).
+    """
     if folder is None:
         return "", {}
     try:
         report = run_check(folder, resolution or 512, allow_upscale)
     except SdloraError as exc:
         return check_html(None, str(exc)), {}
+    if hide_tags and report.get("captions"):
+        report["captions"]["top_tags"] = []
     return check_html(report), problem_files(report)

@@ -31,6 +31,8 @@ def _gallery(entries: list[captions.Entry], folder: Path, problems: dict[str, st
     """(image, label): the caption, marked ⚠ with the reason where the check found a problem."""
     items = []
     for e in entries:
+        if e.refused:  # never handed to the browser
+            continue
         label = e.caption or "(no caption)"
         reason = problems.get(str(e.image.relative_to(folder)))
         items.append((str(e.image), f"⚠ {reason} | {label}" if reason else label))
@@ -81,11 +83,15 @@ def build(ctx: AppContext) -> None:
 
     # ------------------------------------------------------------------------------------------ handlers
     def load(path: Path, res, up, note: str = ""):
-        entries = captions.list_entries(path)
-        report_html, problems = checked(path, res, up)
+        entries = captions.list_entries(path, allowed=ctx.roots.contains)
+        refused = [e.refused for e in entries if e.refused]
+        report_html, problems = checked(path, res, up, hide_tags=bool(refused))
+        entries = [e for e in entries if not e.refused]
         missing = sum(1 for e in entries if not e.has_file)
         rel = _shown(ctx, path)
         text = f"**{rel}**: {len(entries)} image(s)" + (f", {missing} without a caption" if missing else "")
+        if refused:
+            text += f" · ⚠ refused {len(refused)}: " + "; ".join(refused[:3]) + (" …" if len(refused) > 3 else "")
         if note:
             text += f" · {note}"
         return (path, [str(e.image) for e in entries], _gallery(entries, path, problems), text, None,
@@ -116,6 +122,8 @@ def build(ctx: AppContext) -> None:
         index = evt.index if isinstance(evt.index, int) else evt.index[0]
         image = Path(paths[index])
         path = captions.caption_path_for(image)
+        if path.exists() and not ctx.roots.contains(path):
+            raise gr.Error(f"{path.name} leads outside the allowed folders through a symlink; not read")
         text = captions.read_caption(path)[0] if path.is_file() else ""
         return index, f"Editing **{image.name}** → `{path.name}`", text
 
@@ -127,8 +135,9 @@ def build(ctx: AppContext) -> None:
             raise gr.Error(f"{image} is outside the allowed folders")
         written = captions.save_caption(image, text)
         gr.Info(f"Saved {written.name}")
-        report_html, problems = checked(path, res, up)
-        return _gallery(captions.list_entries(path), path, problems), report_html
+        entries = captions.list_entries(path, allowed=ctx.roots.contains)
+        report_html, problems = checked(path, res, up, hide_tags=any(e.refused for e in entries))
+        return _gallery(entries, path, problems), report_html
 
     def on_bulk(path, res, up, action, *args):
         if path is None:
@@ -143,9 +152,11 @@ def build(ctx: AppContext) -> None:
     create_btn.click(on_create, [new_name, uploads, *checks], [folder, *outputs])
     gallery.select(on_select, [paths_state], [selected, image_name, caption])
     save_btn.click(on_save, [folder_state, paths_state, selected, caption, *checks], [gallery, report])
-    trigger_btn.click(lambda p, res, up, t: on_bulk(p, res, up, captions.add_trigger, t),
+    trigger_btn.click(lambda p, res, up, t: on_bulk(p, res, up, captions.add_trigger, t, ".txt",
+                                                    ctx.roots.contains),
                       [folder_state, *checks, trigger], outputs)
-    replace_btn.click(lambda p, res, up, f, r: on_bulk(p, res, up, captions.replace_text, f, r),
+    replace_btn.click(lambda p, res, up, f, r: on_bulk(p, res, up, captions.replace_text, f, r, ".txt",
+                                                       ctx.roots.contains),
                       [folder_state, *checks, find, repl], outputs)
     check_btn.click(lambda p, res, up: on_open(str(p) if p else "", res, up), [folder_state, *checks], outputs)
     caption_panel.build(ctx, folder_state, load, checks, outputs)

@@ -5,6 +5,7 @@ keeps one per base model), so moving a slider re-weights the adapters without re
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import gradio as gr
@@ -99,7 +100,12 @@ def build(ctx: AppContext, engine: PreviewEngine | None = None) -> None:
                                guidance=float(guidance_v), width=int(w), height=int(h), scheduler=sched)
             pairs = list(zip(files, [float(v) for v in weights_v]))
             base_image = engine.generate(base, [], params, vae_path)
-            blended = engine.generate(base, pairs, params, vae_path) if pairs else None
+            with warnings.catch_warnings(record=True) as caught:  # the adapter check's: layers the model lacks
+                warnings.simplefilter("always")
+                blended = engine.generate(base, pairs, params, vae_path) if pairs else None
+            for w in caught:
+                if issubclass(w.category, UserWarning):
+                    gr.Warning(str(w.message))
             row_images = []
             if row_flag and row_name in (names or []):
                 at = list(names).index(row_name)

@@ -16,6 +16,7 @@ from sdlora.atomic import write_text
 from sdlora.config import Config, load_config
 from sdlora.errors import SdloraError
 from sdlora.models import builtin_models
+from sdlora.train.rundir import check_not_in_use
 from ui.config_form import MAIN_KEYS, Field, config_fields, config_to_widgets, overrides, preset_yaml, \
     widgets_to_config
 from ui import queue_panel
@@ -179,6 +180,7 @@ def build(ctx: AppContext) -> None:
         try:
             config = widgets_to_config(fields, list(vals))
             run_dir = _check_paths(ctx, config)
+            check_not_in_use(run_dir)  # trained right now by another process (a CLI run, the queue)
             if (run_dir / "config.yaml").exists():
                 raise SdloraError(f"{run_dir.relative_to(ctx.project)} already holds a run: pick it under Run and "
                                   f"press Resume, or change the name")
@@ -194,6 +196,7 @@ def build(ctx: AppContext) -> None:
     def on_resume(run, *vals):
         try:
             run_dir = ctx.roots.resolve(run or "", kind="dir")
+            check_not_in_use(run_dir)
             done = load_config(run_dir / "config.yaml")
             args = ["--resume", str(run_dir)]
             steps = widgets_to_config(fields, list(vals)).train.steps

@@ -122,9 +122,22 @@ def _copy_limited(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budg
 
 
 def import_uploads(files: list[Path | str], dest: Path, limits: Limits = Limits()) -> ImportReport:
-    """Copy uploaded images and captions into `dest` and extract uploaded zips there."""
-    report = ImportReport()
+    """Copy uploaded images and captions into `dest` and extract uploaded zips there.
+
+    A refused upload leaves no trace: a `dest` this call created is removed again.
+    """
+    created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
+    try:
+        return _import(files, dest, limits)
+    except BaseException:
+        if created:
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
+def _import(files: list[Path | str], dest: Path, limits: Limits) -> ImportReport:
+    report = ImportReport()
     for file in files:
         src = Path(file)
         size = src.stat().st_size

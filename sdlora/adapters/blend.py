@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 
+from sdlora.adapters.check import check_fit, only
 from sdlora.adapters.io import read_adapter_file, save_adapter
 from sdlora.errors import SdloraError
+from sdlora.models.loading import quiet_loading
 from sdlora.hashing import file_sha256  # noqa: F401  (serving.py and batched.py take it from here too)
 from sdlora.schedulers import make_scheduler
 
@@ -51,6 +53,17 @@ def check_weight(weight: float, what: str) -> float:
     if not low <= weight <= high:  # also refuses NaN
         raise SdloraError(f"{what}: weight {weight} is outside [{low:g}, {high:g}]; pick a weight in that range")
     return float(weight)
+
+
+GUIDANCE_RANGE = (0.0, 50.0)  # as sample.guidance in the config
+
+
+def check_guidance(guidance: float | None, what: str = "--guidance") -> float | None:
+    low, high = GUIDANCE_RANGE
+    if guidance is not None and not low <= guidance <= high:  # also refuses NaN
+        raise SdloraError(f"{what} {guidance}: give a guidance scale in [{low:g}, {high:g}] (7.5 is usual, 1 turns "
+                          f"it off)")
+    return guidance
 
 
 def parse_lora_spec(spec: str) -> tuple[str, float]:
@@ -111,13 +124,17 @@ class AdapterBlender:
                 return cached
         found = read_adapter_file(path)  # checks the file and says what it is when it is not a SD LoRA
         self._check_family(found)
+        # Shapes against the model; layers the model lacks (or the reader could not place): a warning.
+        fit = check_fit(found.adapter, self.pipe, str(path), skipped_keys=found.skipped_keys)
+        adapter = only(found.adapter, fit.matched)
         sha = file_sha256(found.path)
         if sha in self.adapters:
             return self.adapters[sha]
         loaded = LoadedAdapter(name=f"lora_{sha[:16]}", path=path, sha256=sha, metadata=found.adapter.metadata)
         with tempfile.TemporaryDirectory(prefix="sdlora-blend-") as tmp:
-            normalised = save_adapter(found.adapter, Path(tmp) / "adapter.safetensors", fmt="diffusers", dtype=None)
-            self.pipe.load_lora_weights(str(normalised), adapter_name=loaded.name)
+            normalised = save_adapter(adapter, Path(tmp) / "adapter.safetensors", fmt="diffusers", dtype=None)
+            with quiet_loading():  # diffusers' per-file progress bar: our own output says what loaded
+                self.pipe.load_lora_weights(str(normalised), adapter_name=loaded.name)
         self.adapters[sha] = loaded
         self._apply()  # a freshly loaded adapter is active in diffusers until told otherwise
         return loaded
@@ -164,6 +181,7 @@ class AdapterBlender:
                  guidance: float | None = None, seed: int = 0, scheduler: str | None = None,
                  width: int | None = None, height: int | None = None):
         """One image (PIL) with the current weights; unset options come from `defaults()`."""
+        check_guidance(guidance, "guidance")
         defaults = self.defaults()
         scheduler = scheduler or defaults.scheduler
         # The adapter's own scheduler settings apply when its scheduler is used, chosen by hand or not.

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from sdlora.adapters import formats
+from sdlora.adapters.check import check_values
 from sdlora.adapters.state import Adapter
 from sdlora.atomic import atomic_path
 from sdlora.errors import SdloraError
@@ -50,6 +51,9 @@ def save_adapter(adapter: Adapter, path: Path | str, fmt: str = "kohya", dtype: 
         raise SdloraError(f"adapter dtype '{dtype}' is unknown; use one of {', '.join(formats.DTYPES)}")
     if not adapter.layers:
         raise SdloraError(f"{path}: the adapter has no layers; nothing to save")
+    if Path(path).is_dir():
+        raise SdloraError(f"{path}: is a folder; give the adapter file to write, e.g. "
+                          f"{Path(path) / 'lora.safetensors'}")
     torch_dtype = formats.DTYPES[dtype] if dtype else None
     metadata = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in adapter.metadata.items()}
     metadata.pop(PEFT_METADATA_KEY, None)  # stale from a diffusers file; a kohya file must not carry it
@@ -98,8 +102,10 @@ def read_adapter_file(path: Path | str) -> AdapterFile:
         raise SdloraError(f"{path}: no LoRA layer for a Stable Diffusion UNet or text encoder found among its "
                           f"{len(state)} tensors (e.g. {next(iter(state))}); this is not an SD 1.x/2.x/XL LoRA")
     _check_shapes(path, layers)
+    adapter = Adapter(layers, metadata, family)
+    check_values(adapter, str(path))
     dtypes = {str(t.dtype).removeprefix("torch.") for key, t in state.items() if key not in skipped}
-    return AdapterFile(Adapter(layers, metadata, family), fmt, path, dtypes, skipped)
+    return AdapterFile(adapter, fmt, path, dtypes, skipped)
 
 
 def detect_format(state: dict[str, torch.Tensor]) -> str:

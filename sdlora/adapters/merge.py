@@ -33,20 +33,17 @@ def merge_into(pipe: Any, adapters: Iterable[tuple[Adapter, float]], sources: li
     """Add weight·dW of every layer of every adapter into `pipe`'s base weights, in place; returns layers merged.
 
     The sum is formed in fp32 and cast once to the weight's dtype, so a fp16 model is rounded once, not per
-    adapter. Raises `SdloraError` when a layer does not exist in the model or has another shape.
+    adapter. Every adapter goes through `sdlora.adapters.check` first: non-finite values, a layer of another shape
+    or no layer in the model are `SdloraError`s; layers the model lacks are left out with a warning.
     """
+    from sdlora.adapters.check import check_fit, check_values
+
     deltas: dict[str, torch.Tensor] = {}
     for i, (adapter, weight) in enumerate(adapters):
         source = sources[i] if sources else "adapter"
-        for name, layer in adapter.layers.items():
-            module = find_module(pipe, name)
-            if module is None or not hasattr(module, "weight"):
-                raise SdloraError(f"{source}: layer {name} is not in this model; the adapter was made for "
-                                  f"another base model")
-            delta = weight * layer.delta_weight()
-            if delta.shape != module.weight.shape:
-                raise SdloraError(f"{source}: layer {name} has shape {tuple(delta.shape)} but the model's weight is "
-                                  f"{tuple(module.weight.shape)}; the adapter was made for another base model")
+        check_values(adapter, source)
+        for name in check_fit(adapter, pipe, source).matched:  # layers the model lacks: a warning, left out
+            delta = weight * adapter.layers[name].delta_weight()
             deltas[name] = deltas[name] + delta if name in deltas else delta
     with torch.no_grad():
         for name, delta in deltas.items():
@@ -59,14 +56,20 @@ def merge_into(pipe: Any, adapters: Iterable[tuple[Adapter, float]], sources: li
 def merge(model: str, loras: Iterable[tuple[Path | str, float]], out_dir: Path | str) -> Path:
     """Load `model` ('tiny' or a diffusers folder), merge the weighted LoRA files, save a diffusers folder."""
     from sdlora.adapters.blend import check_weight
-    from sdlora.adapters.io import load_adapter
+    from sdlora.adapters.check import check_fit, only
+    from sdlora.adapters.io import read_adapter_file
     from sdlora.models.loading import load_pipeline
     from sdlora.models.storage import save_pipeline_folder
 
     loras = list(loras)
     if not loras:
         raise SdloraError("merge: no LoRA given; name at least one with --lora FILE[:WEIGHT]")
-    pairs = [(load_adapter(path), check_weight(weight, str(path))) for path, weight in loras]
+    found = [(read_adapter_file(path), check_weight(weight, str(path))) for path, weight in loras]
     pipe = load_pipeline(model)
+    pairs = []
+    for (path, _), (file, weight) in zip(loras, found):
+        # Layers the model lacks, or that the reader could not place, are left out with one warning per file.
+        fit = check_fit(file.adapter, pipe, str(path), skipped_keys=file.skipped_keys)
+        pairs.append((only(file.adapter, fit.matched), weight))
     merge_into(pipe, pairs, sources=[str(path) for path, _ in loras])
     return save_pipeline_folder(pipe, out_dir, replace=False)

@@ -39,8 +39,22 @@ def parse_size(text: str | None) -> tuple[int | None, int | None]:
     return int(w), int(h)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def check_out(out: Path) -> None:
+    """--out names an image file to write: not a folder, an image suffix, a folder above it that can be made."""
+    if out.is_dir():
+        raise SdloraError(f"--out {out}: is a folder; give an image file such as {out / 'image.png'}")
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise SdloraError(f"--out {out}: give an image file ending in {', '.join(IMAGE_SUFFIXES)}")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise SdloraError(f"--out {out}: {parent} is a file, not a folder")
+
+
 def run(args) -> int:
-    from sdlora.adapters.blend import AdapterBlender, check_weight, parse_lora_spec
+    from sdlora.adapters.blend import AdapterBlender, check_guidance, check_weight, parse_lora_spec
     from sdlora.atomic import save_image
     from sdlora.models.loading import load_pipeline
     from sdlora.schedulers import SCHEDULERS
@@ -55,6 +69,10 @@ def run(args) -> int:
         raise SdloraError(f"--scheduler '{args.scheduler}' is unknown; use one of {', '.join(SCHEDULERS)}")
     if args.steps is not None and args.steps < 1:
         raise SdloraError(f"--steps {args.steps}: give at least 1 step")
+    check_guidance(args.guidance)
+    if not 0 <= args.seed < 2**63:
+        raise SdloraError(f"--seed {args.seed}: give a seed from 0 to 2**63-1")
+    check_out(Path(args.out))
     blender = AdapterBlender(load_pipeline(args.model, vae=args.vae, allow_pickle=args.allow_pickle))
     weights: dict[str, float] = {}
     for path, weight in loras:

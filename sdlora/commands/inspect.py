@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from sdlora.text import printable
+
 
 def register(sub) -> None:
     p = sub.add_parser("inspect", help="show what a LoRA file holds and what each layer does")
@@ -54,4 +56,5 @@ def render(report: dict) -> str:
     for layer in report["layers"]:
         lines.append(f"{layer['name']:<{width}}  {layer['rank']:>4}  {layer['alpha']:>5g}  {layer['norm']:>9.4g}  "
                      f"{layer['effective_rank']:>4}")
-    return "\n".join(lines)
+    # Metadata values and layer names come from the file: escaped, so they cannot drive the terminal.
+    return "\n".join(printable(line) for line in lines)

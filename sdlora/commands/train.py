@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -44,18 +45,20 @@ def resolve_data_dir(config: Config, preset: Path | None) -> Config:
 
 
 def run(args) -> int:
-    from sdlora.events import ConsoleReporter, EventBus, JsonlWriter
-    from sdlora.train.rundir import RunPaths, new_run, open_run
-    from sdlora.train.trainer import StopFlag, Trainer
+    from sdlora.train.rundir import open_run, run_lock
 
     from sdlora.train import distributed
 
     if args.resume is None and args.preset is None:
         raise SdloraError("give --preset FILE (see presets/) or --resume outputs/NAME")
+    if args.resume is not None and args.preset is not None:
+        raise SdloraError(f"--preset {args.preset} with --resume: a resumed run keeps its own config.yaml; drop "
+                          f"--preset (what may change, such as train.steps, takes --set KEY=VALUE)")
     if args.gpus < 1:
         raise SdloraError(f"--gpus {args.gpus}: give a number of GPUs of 1 or more")
+    changes: dict = {}
     if args.resume is not None:
-        config, paths = open_run(args.resume, args.overrides)
+        config, paths, changes = open_run(args.resume, args.overrides)
     else:
         config = resolve_data_dir(load_config(args.preset, args.overrides), args.preset)
         paths = None
@@ -65,6 +68,26 @@ def run(args) -> int:
         if config.train.device != "cpu":  # train.device=cpu: N processes on the CPU (gloo), as the tests do
             check_gpus(args.gpus)
         return distributed.launch(args.gpus, without_gpus_flag(sys.argv[1:]))
+    # One writer per run folder: rank 0 holds its lock from before the first write to the last.
+    root = paths.root if paths is not None else Path(config.save.output_dir) / config.name
+    with run_lock(root) if distributed.rank() == 0 else contextlib.nullcontext():
+        return train_locked(args, config, paths, changes)
+
+
+def train_locked(args, config: Config, paths, changes: dict) -> int:
+    """The run itself, once the run folder is this process's (rank 0) or its rank 0's."""
+    from sdlora.events import ConsoleReporter, EventBus, JsonlWriter
+    from sdlora.train import distributed
+    from sdlora.train.resume import finish_from_checkpoint, plan_resume
+    from sdlora.train.rundir import RunPaths, new_run, record_changes, remove_stale_temps
+    from sdlora.train.trainer import StopFlag, Trainer
+
+    plan = None
+    if paths is not None:  # --resume: refused here, before any event or file is written, if nothing is left to do
+        plan = plan_resume(config, paths)
+        if distributed.rank() == 0:
+            remove_stale_temps(paths.root)
+            record_changes(paths, config, changes)
     if distributed.is_distributed():
         from accelerate import PartialState
 
@@ -80,12 +103,22 @@ def run(args) -> int:
     main = distributed.rank() == 0
     log = JsonlWriter(paths.events) if main else None
     events = EventBus([log, ConsoleReporter()] if main else [])
+    if plan is not None and plan.finished:  # killed while writing its final adapter: the last checkpoint has it
+        path = finish_from_checkpoint(plan, paths) if main else paths.adapter
+        events.emit("done", step=plan.checkpoint.step, total_steps=config.train.steps, path=path,
+                    message="the final adapter was missing; written from the last checkpoint")
+        events.close()
+        if main:
+            print(f"adapter: {path}", file=sys.stderr)
+        return 0
+    if plan is not None and plan.note:
+        events.emit("warning", message=plan.note)
     stop = StopFlag()
     install_stop_handlers(stop)
     trainer = Trainer(config, paths, events, stop)
     try:
         trainer.setup()
-        result = trainer.run(resume=args.resume is not None)
+        result = trainer.run(resume=plan is not None and plan.checkpoint is not None, changes=changes)
     except Exception as exc:
         # Into events.jsonl only: the CLI prints the one line on stderr itself (cli.py), so the terminal shows
         # the error once.

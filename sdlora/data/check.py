@@ -18,6 +18,7 @@ from sdlora.data.images import describe_size
 from sdlora.data.index import build_index
 from sdlora.data.scan import IMAGE_KINDS, parse_repeat_folder, repeat_folder_of
 from sdlora.errors import SdloraError
+from sdlora.text import printable
 
 TOP_TAGS = 15
 
@@ -117,5 +118,5 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         out += [f"  {p['file']}: {p['reason']}{' (skipped)' if p['skipped'] else ''}" for p in problems]
     else:
         out.append("problems: none")
-    return out
+    return [printable(line) for line in out]  # file names and caption tags are the folder's, not ours
 

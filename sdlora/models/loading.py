@@ -13,6 +13,11 @@ import torch
 from sdlora.errors import SdloraError
 from sdlora.models.family import check_override, folder_family, parse_family
 from sdlora.models.registry import builtin_models
+from sdlora.quiet import import_bitsandbytes_quietly
+
+# Before diffusers' model classes (its quantizers) or peft import it, and it prints an unrelated "kernels" notice.
+import_bitsandbytes_quietly()
+
 
 @contextlib.contextmanager
 def quiet_loading():
@@ -81,6 +86,9 @@ def resolve_model(ref: str, *, family: str = "auto", allow_pickle: bool = False,
     """
     builtins = builtin_models()
     if ref in builtins:
+        if vae:  # the built-in model has its own VAE; taking the option silently would hide a mistake
+            raise SdloraError(f"vae: applies to single-file checkpoints; the built-in model '{ref}' has its own VAE "
+                              f"(leave vae empty)")
         return builtins[ref].ensure()
     path = Path(ref).expanduser()
     if not path.exists():

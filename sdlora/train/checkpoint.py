@@ -5,13 +5,14 @@ checkpoints/step-000500/
   optimizer.pt             optimizer state
   lr_scheduler.pt          learning-rate schedule state
   rng.pt                   torch/python/numpy (and CUDA) RNG states
-  trainer_state.json       step, bad-step streak, sdlora version; written last, so its presence marks
-                           a complete checkpoint
+  trainer_state.json       step, bad-step streak, sdlora version; written last and deleted first, so its
+                           presence (with the files above) marks a complete checkpoint
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -23,8 +24,11 @@ from safetensors.torch import load_file, save_file
 
 from sdlora import __version__
 from sdlora.adapters.state import Adapter, LoraLayer
+from sdlora.train.killpoints import kill_point
 
 STATE_FILE = "trainer_state.json"
+# A checkpoint is complete when its marker and these files are there (a kill may leave any other subset).
+REQUIRED_FILES = ("lora_state.safetensors", "optimizer.pt", "lr_scheduler.pt", "rng.pt")
 
 
 def checkpoint_name(step: int) -> str:
@@ -63,6 +67,16 @@ def save_checkpoint(folder: Path, step: int, adapter: Adapter, optimizer, lr_sch
     tmp = folder / f".{checkpoint_name(step)}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    try:
+        _write_checkpoint(tmp, step, adapter, optimizer, lr_scheduler, bad_steps, extra_files)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed save (a full disk) must not keep eating the space
+        raise
+    return _publish(folder, tmp, final, keep, keep_also)
+
+
+def _write_checkpoint(tmp: Path, step: int, adapter: Adapter, optimizer, lr_scheduler, bad_steps: int,
+                      extra_files: dict[str, callable] | None) -> None:
     save_file(_adapter_tensors(adapter), tmp / "lora_state.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
@@ -74,13 +88,39 @@ def save_checkpoint(folder: Path, step: int, adapter: Adapter, optimizer, lr_sch
         write(tmp / name)
     state = {"step": step, "bad_steps": bad_steps, "sdlora_version": __version__}
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
+    # On the disk before the rename: after a power cut the folder is there whole, or as the hidden .tmp.
+    for file in tmp.iterdir():
+        _fsync(file)
+    _fsync(tmp)
+
+
+def _publish(folder: Path, tmp: Path, final: Path, keep: int, keep_also: Path | None) -> Path:
     if final.exists():
-        shutil.rmtree(final)
+        remove_checkpoint(final)
     tmp.rename(final)
-    for old in list_checkpoints(folder)[:-keep]:
-        if keep_also is None or old.path.name != keep_also.name:
-            shutil.rmtree(old.path, ignore_errors=True)
+    _fsync(folder)
+    kept = {c.path for c in list_checkpoints(folder)[-keep:]} | {final}
+    if keep_also is not None:
+        kept.add(folder / keep_also.name)
+    for old in sorted(folder.glob("step-*")):
+        if old not in kept:  # older complete ones, and incomplete ones a kill left behind
+            remove_checkpoint(old)
     return final
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete the marker first: a kill part-way leaves an incomplete folder, never one that looks complete."""
+    (path / STATE_FILE).unlink(missing_ok=True)
+    kill_point("prune")
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def list_checkpoints(folder: Path) -> list[Checkpoint]:
@@ -88,7 +128,7 @@ def list_checkpoints(folder: Path) -> list[Checkpoint]:
     found = []
     for path in sorted(folder.glob("step-*")) if folder.is_dir() else []:
         state_file = path / STATE_FILE
-        if state_file.is_file():
+        if state_file.is_file() and all((path / name).is_file() for name in REQUIRED_FILES):
             state = json.loads(state_file.read_text(encoding="utf-8"))
             found.append(Checkpoint(path, int(state["step"]), int(state.get("bad_steps", 0))))
     return sorted(found, key=lambda c: c.step)

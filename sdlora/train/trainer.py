@@ -18,6 +18,7 @@ from typing import Iterator
 import torch
 
 from sdlora.config import Config
+from sdlora.diskspace import reporting_disk_full
 from sdlora.data import SampleKey, TrainDataset, build_dataset, collate
 from sdlora.errors import SdloraError
 from sdlora.events import EventBus
@@ -27,6 +28,7 @@ from sdlora.train.compiled import compile_step_model, mark_step_begin, use_compi
 from sdlora.train.distributed import GradientSync, any_process, is_distributed, mean_across_processes
 from sdlora.train.encode import BatchEncoder, set_vae_memory
 from sdlora.train.fp8 import check_fp8_supported, convert_frozen_linears
+from sdlora.train.killpoints import kill_point
 from sdlora.train.memory import memory_watch
 from sdlora.train.metadata import adapter_metadata
 from sdlora.train.model_setup import setup_model
@@ -108,10 +110,17 @@ def collect_warnings(events: EventBus):
     return scope()
 
 
+def adapter_bytes(adapter) -> int:
+    """Bytes of the adapter's tensors at fp32 (what a save writes, before format overhead)."""
+    return sum(4 * t.numel() for layer in adapter.layers.values() for t in vars(layer).values()
+               if isinstance(t, torch.Tensor))
+
+
 class Trainer:
     def __init__(self, config: Config, paths: RunPaths, events: EventBus, stop: StopFlag | None = None):
         self.config, self.paths, self.events = config, paths, events
         self.stop = stop or StopFlag()
+        self.resume_hint = f" and resume with: sdlora train --resume {paths.root}"
         self.train_cfg = config.train
         self.device = pick_device(config.train.device)
         self.dtype = DTYPES[config.train.mixed_precision]
@@ -216,13 +225,15 @@ class Trainer:
         with evaluation_weights(self.optimizer, self.params):  # a schedule-free optimizer's x, not its y
             adapter = extract_adapter(self.accelerator.unwrap_model(self.unet), self.metadata(steps_done),
                                       self.text_encoders)
-        save_adapter(adapter, path, fmt=self.config.save.format, dtype=self.config.save.dtype)
-        if self.ema is not None:  # NAME-ema.safetensors beside NAME.safetensors
-            with self.ema.weights_applied():
-                adapter = extract_adapter(self.accelerator.unwrap_model(self.unet), self.metadata(steps_done),
-                                          self.text_encoders)
-            save_adapter(adapter, recipe.ema_path(path), fmt=self.config.save.format,
-                         dtype=self.config.save.dtype)
+        with reporting_disk_full(path.parent, 2 * adapter_bytes(adapter), f"the adapter {path.name}",
+                                 self.resume_hint):
+            save_adapter(adapter, path, fmt=self.config.save.format, dtype=self.config.save.dtype)
+            if self.ema is not None:  # NAME-ema.safetensors beside NAME.safetensors
+                with self.ema.weights_applied():
+                    adapter = extract_adapter(self.accelerator.unwrap_model(self.unet), self.metadata(steps_done),
+                                              self.text_encoders)
+                save_adapter(adapter, recipe.ema_path(path), fmt=self.config.save.format,
+                             dtype=self.config.save.dtype)
         return path
 
     def save_checkpoint(self, step: int, bad_steps: int) -> Path | None:
@@ -230,11 +241,14 @@ class Trainer:
             return None
         adapter = extract_adapter(self.accelerator.unwrap_model(self.unet), text_encoders=self.text_encoders)
         name = f"{self.config.name}.safetensors"
-        path = save_checkpoint(self.paths.checkpoints, step, adapter, self.optimizer, self.lr_scheduler, bad_steps,
-                               extra_files={name: lambda p: self.save_adapter(p, step),
-                                            **recipe.checkpoint_files(self.ema, self.validator, step)},
-                               keep=self.config.save.keep_checkpoints,
-                               keep_also=recipe.best_checkpoint(self.paths.checkpoints))
+        # lora_state + the adapter file + AdamW's two moments: about four copies of the LoRA weights.
+        with reporting_disk_full(self.paths.checkpoints, 4 * adapter_bytes(adapter), f"checkpoint step {step}",
+                                 self.resume_hint):
+            path = save_checkpoint(self.paths.checkpoints, step, adapter, self.optimizer, self.lr_scheduler,
+                                   bad_steps, extra_files={name: lambda p: self.save_adapter(p, step),
+                                                           **recipe.checkpoint_files(self.ema, self.validator, step)},
+                                   keep=self.config.save.keep_checkpoints,
+                                   keep_also=recipe.best_checkpoint(self.paths.checkpoints))
         best = recipe.mark_best(self.paths.checkpoints, path, self.validator, step)
         self.events.emit("checkpoint", step=step, total_steps=self.train_cfg.steps, path=path, **best)
         return path
@@ -287,14 +301,14 @@ class Trainer:
         return "ok"
 
     # ------------------------------------------------------------------------------------------ the loop
-    def run(self, resume: bool = False) -> TrainResult:
+    def run(self, resume: bool = False, changes: dict | None = None) -> TrainResult:
+        """Train to train.steps; `resume` continues from the newest complete checkpoint (from step 0 when there
+        is none); `changes` ({key: [old, new]}) are the settings changed on resume, recorded in the start event."""
         cfg, train = self.config, self.config.train
         self.started_at = time.time()
         start_step, bad_steps = 0, 0
-        if resume:
-            checkpoints = list_checkpoints(self.paths.checkpoints)
-            if not checkpoints:
-                raise SdloraError(f"{self.paths.root}: no complete checkpoint to resume from")
+        checkpoints = list_checkpoints(self.paths.checkpoints) if resume else []
+        if checkpoints:
             latest = checkpoints[-1]
             load_into(self.accelerator.unwrap_model(self.unet),
                       load_checkpoint(latest, self.optimizer, self.lr_scheduler), self.text_encoders)
@@ -321,7 +335,7 @@ class Trainer:
                                  + (f" x {self.accelerator.num_processes} processes"
                                     if self.accelerator.num_processes > 1 else "")
                                  + (f"; {self.cache_stats.line()}" if self.cache_stats else ""),
-                         resumed=resume)
+                         resumed=resume, changes=changes or None)
         if start_step == 0 and cfg.sample.every:
             self.sample(0)  # the "before" picture
         if start_step == 0 and train.validate_every:
@@ -405,9 +419,15 @@ class Trainer:
             if cfg.save.every and step % cfg.save.every == 0 and step < train.steps and not self.bad_steps:
                 self.save_checkpoint(step, self.bad_steps)
         bad_steps, losses = self.bad_steps, self.losses
+        if not losses and step > start_step:  # every step of this session skipped: nothing was learned
+            message = (f"all {step - start_step} steps had a non-finite loss and were skipped; no adapter written. "
+                       f"Lower train.lr or check network.alpha")
+            self.events.emit("error", step=step, message=message)
+            return TrainResult("error", start_step, None, losses)
         self.sample(step)
         self.validate(step)
         self.save_checkpoint(step, bad_steps)
+        kill_point("final-adapter")
         path = self.save_adapter(self.paths.adapter, step)
         self.events.emit("done", step=step, total_steps=train.steps, path=path,
                          loss=round(losses[-1], 6) if losses else None)
