@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # not built yet
             raise
         module.register(sub)
+    from sdlora.commands import helptext
+
+    helptext.apply(sub.choices)
     return parser
 
 

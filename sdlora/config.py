@@ -171,6 +171,9 @@ class TrainConfig:
                      "the frozen Linear layers, LoRA path in bf16 (needs mixed_precision bf16 and an Ada/Hopper or "
                      "newer GPU; measured 5-7% slower than bf16 for SD 1.5 on an H200, loss unchanged: "
                      "docs/PERFORMANCE.md)")
+    cpu_threads: Optional[int] = opt(None, min=1, max=1024,
+                                     help="CPU threads for training (default: OMP_NUM_THREADS if set, else the "
+                                          "cores free when the run starts); the log says how many")
 
     @property
     def effective_text_encoder_lr(self) -> float:

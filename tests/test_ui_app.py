@@ -47,3 +47,16 @@ def test_the_app_has_the_three_tabs_and_serves_only_the_roots(tmp_path):
     kwargs = launch_kwargs(ctx)
     assert kwargs["allowed_paths"] == [str(tmp_path.resolve())]
     assert kwargs["max_file_size"] == ctx.limits.max_file_bytes
+
+
+def test_the_app_has_an_adapters_tab_and_hides_advanced_options_that_do_not_apply(tmp_path):
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "p.yaml").write_text("name: p\n")  # mode standard, no buckets, no reg_dir
+    config = build_app(AppContext(roots=Roots.of(tmp_path))).get_config_file()
+    labels = {c.get("props", {}).get("label") for c in config["components"] if c.get("type") == "tabitem"}
+    assert "Adapters" in labels
+    visible = {c["props"].get("elem_id"): c["props"].get("visible") for c in config["components"]
+               if c.get("props", {}).get("elem_id")}
+    assert visible["train-section-lcm"] is False and visible["train-section-data"] is not False
+    assert visible["cfg-data-bucket_max"] is False and visible["cfg-data-reg_weight"] is False
+    assert visible["cfg-train-lr"] is not False and visible["cfg-data-buckets"] is not False

@@ -45,6 +45,18 @@ def test_find_and_replace_in_all_captions(tmp_path):
     assert captions.replace_text(folder, "", "x") == 0
 
 
+def test_a_bulk_edit_is_planned_before_it_is_written_and_can_be_undone_exactly(tmp_path):
+    folder = make_shape_folder(tmp_path / "set", count=3)
+    (folder / "img002.txt").unlink()
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    plan = captions.plan_trigger(folder, "sks")
+    assert [c.image.name for c in plan] == ["img000.png", "img001.png", "img002.png"]
+    assert plan[0].new.startswith("sks, a ") and plan[2].old is None and plan[2].new == "sks"
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # planning writes nothing
+    assert captions.apply_changes(plan) == 3
+    assert (folder / "img002.txt").read_text() == "sks\n"
+    assert captions.undo_changes(plan) == 3
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # byte for byte, img002.txt gone again
 def test_a_caption_symlinked_outside_the_allowed_folders_is_refused_by_name(tmp_path):
     from ui.check_view import checked
     from ui.paths import Roots
@@ -65,3 +77,21 @@ def test_a_caption_symlinked_outside_the_allowed_folders_is_refused_by_name(tmp_
     assert captions.replace_text(folder, "password", "x", allowed=roots.contains) == 0
     html, _ = checked(folder, 64, False, hide_tags=True)
     assert "hunter2" not in html  # the check's top tags would show the linked file's words
+
+
+def test_the_dataset_tab_reads_and_writes_the_presets_caption_extension(tmp_path):
+    """data.caption_extension decides the files: `.caption` captions are listed, edited and bulk-edited as such."""
+    from PIL import Image
+
+    from ui import captions
+    from ui.check_view import run_check
+
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "a.png")
+    (tmp_path / "a.caption").write_text("a red square\n")
+    (tmp_path / "a.txt").write_text("not this one\n")
+    entries = captions.list_entries(tmp_path, ".caption")
+    assert [e.caption for e in entries] == ["a red square"]
+    captions.save_caption(tmp_path / "a.png", "edited", ".caption")
+    assert (tmp_path / "a.caption").read_text() == "edited\n" and (tmp_path / "a.txt").read_text() == "not this one\n"
+    report = run_check(tmp_path, 64, False, ".caption")
+    assert "edited" in str(report) and "not this one" not in str(report)

@@ -74,6 +74,43 @@ def test_a_saved_preset_names_only_what_differs_from_the_defaults(tmp_path):
     assert load_config(tmp_path / "p.yaml") == config
 
 
+@pytest.mark.parametrize("typed,message", [("", "train.steps: the field is empty"),
+                                           ("40O", "train.steps: '40O' is not a whole number"),
+                                           ("4.5", "train.steps: '4.5' is not a whole number"),
+                                           ("1e-4x", "train.steps: '1e-4x' is not a whole number")])
+def test_an_empty_or_malformed_number_is_an_error_on_its_field(typed, message):
+    fields = config_fields()
+    values = dict(zip([f.key for f in fields], config_to_widgets(fields, load_config(PRESETS / "demo.yaml"))))
+    values["train.steps"] = typed
+    with pytest.raises(SdloraError) as err:
+        widgets_to_config(fields, list(values.values()))
+    assert str(err.value).startswith(message)
+    values["train.steps"] = " 40 "
+    assert widgets_to_config(fields, list(values.values())).train.steps == 40
+
+
+def test_a_malformed_float_names_its_key_and_exponents_are_numbers():
+    fields = config_fields()
+    values = dict(zip([f.key for f in fields], config_to_widgets(fields, Config())))
+    values["train.lr"] = "1e-4"
+    assert widgets_to_config(fields, list(values.values())).train.lr == pytest.approx(1e-4)
+    values["train.lr"] = "0.0O1"
+    with pytest.raises(SdloraError, match=r"^train.lr: '0.0O1' is not a number"):
+        widgets_to_config(fields, list(values.values()))
+
+
+def test_a_saved_preset_names_folders_inside_the_project_relative_to_it(tmp_path):
+    project = tmp_path / "proj"
+    (project / "data" / "reg").mkdir(parents=True)
+    fields = config_fields()
+    config = config_from_dict({"name": "mine", "data": {"dir": str(project / "data"),
+                                                         "reg_dir": str(project / "data" / "reg")},
+                               "vae": str(tmp_path / "elsewhere" / "vae.safetensors")})
+    raw = yaml.safe_load(preset_yaml(config, fields, project=project))
+    assert raw["data"] == {"dir": "data", "reg_dir": "data/reg"}
+    assert raw["vae"] == str(tmp_path / "elsewhere" / "vae.safetensors")  # outside the project: kept as given
+
+
 def test_mapping_options_round_trip_through_the_form():
     fields = config_fields()
     config = config_from_dict({"train": {"optimizer": "came", "optimizer_args": {"clip_threshold": 2.0,

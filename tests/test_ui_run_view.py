@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ui.run_view import EventTail, RunView, format_duration
+from ui.run_view import EventTail, RunView, format_duration, format_remaining
 from ui.runner import TrainingProcess
 
 
@@ -30,7 +30,7 @@ def test_progress_eta_and_loss_curve_from_events(tmp_path):
     assert view.eta_s == 12.0  # 6 steps left at 2 s a step
     assert [s for s, _ in view.losses] == [1, 2, 3, 4] and view.losses[-1][1] == 0.25
     html = view.progress_html()
-    assert "step 4 of 10" in html and "ETA 0:12" in html and "4.00 samples/s" in html and 'data-step="4"' in html
+    assert "step 4 of 10" in html and "about 12 s left" in html and "4.00 samples/s" in html and 'data-step="4"' in html
 
 
 def test_final_states_samples_and_messages():
@@ -63,6 +63,21 @@ def test_event_tail_reads_only_complete_lines(tmp_path):
 
 def test_format_duration():
     assert format_duration(65) == "1:05" and format_duration(3725) == "1:02:05"
+
+
+def test_the_time_left_reads_as_a_duration_not_a_clock_time():
+    assert [format_remaining(s) for s in (12, 65, 1265, 3725, 7200)] == \
+        ["12 s", "1 min 5 s", "21 min", "1 h 2 min", "2 h"]
+
+
+def test_learning_rate_and_every_sample_step_are_kept_for_the_charts_and_the_sheet():
+    events = [{"event": "start", "time": 0, "step": 0, "total_steps": 10}]
+    events += [dict(step(n, n), lr=lr) for n, lr in ((1, 1e-4), (2, 2e-4), (3, 3e-4))]
+    events += [{"event": "sample", "time": 4, "step": s, "images": [f"/s/{s}/00.png", f"/s/{s}/01.png"]}
+               for s in (0, 2)]
+    view = RunView.from_events(events)
+    assert view.lrs == [(1, 1e-4), (2, 2e-4), (3, 3e-4)]
+    assert [s for s, _ in view.history] == [0, 2] and view.history[1][1] == ["/s/2/00.png", "/s/2/01.png"]
 
 
 def test_a_failing_run_leaves_the_app_alive_with_the_error_line(tmp_path):
@@ -99,13 +114,12 @@ def test_one_run_at_a_time_and_stop_sends_sigterm(tmp_path):
 
 
 def test_validation_events_become_a_second_loss_curve():
-    from ui.train_tab import _loss_frame
+    from ui.chart import loss_chart
 
     events = [{"event": "start", "time": 0, "step": 0, "total_steps": 10},
               {"event": "validation", "time": 0.5, "step": 0, "loss": 0.4}, step(1, 1, 0.5), step(2, 2, 0.3),
               {"event": "validation", "time": 2.5, "step": 2, "loss": 0.35}]
     view = RunView.from_events(events)
     assert view.validation == [(0, 0.4), (2, 0.35)]
-    frame = _loss_frame(view)
-    assert frame[frame.series == "validation"][["step", "loss"]].values.tolist() == [[0, 0.4], [2, 0.35]]
-    assert frame[frame.series == "train"]["step"].tolist() == [1, 2]
+    svg = loss_chart(view.losses, view.lrs, validation=view.validation)
+    assert svg.count('class="validation-point"') == 2 and 'data-points="2"' in svg  # 2 train steps, 2 validations

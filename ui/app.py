@@ -30,6 +30,12 @@ CSS = """
 .sdlora-check .problem { background: #fde8e8; color: #8a1c1c; }
 .sdlora-check .warn { background: #fff4d6; color: #7a5500; }
 .sdlora-check td, .sdlora-check th { padding: 2px 8px; text-align: left; }
+.sdlora-pixelated img { image-rendering: pixelated; }
+.sdlora-sheet { max-height: 520px; overflow: auto; }
+.sdlora-sheet th { padding: 2px 8px; text-align: left; font-weight: normal; white-space: nowrap; }
+.sdlora-sheet td { padding: 2px; }
+.sdlora-sheet img { display: block; object-fit: contain; background: #fff; border: 1px solid var(--border-color-primary); }
+.sdlora-chart { width: 100%; max-width: 760px; background: var(--block-background-fill); }
 """
 
 
@@ -37,17 +43,24 @@ def build_app(ctx: AppContext):
     """The Blocks app for `ctx`; launch it with `launch_kwargs(ctx)`."""
     import gradio as gr
 
-    from ui import dataset_tab, preview_tab, train_tab
+    from ui import adapters_tab, dataset_tab, preview_tab, train_tab
 
+    # Each tab is built by its module's build(ctx) inside its gr.Tab; a new panel is a new module with its own
+    # build() placed here (a new tab) or inside a tab's build. dataset_tab and train_tab return their components
+    # that others hook into (DatasetTab, TrainTab).
     with gr.Blocks(title="sdlora", analytics_enabled=False) as app:
         gr.Markdown("## sdlora · train and preview Stable Diffusion LoRAs")
         with gr.Tabs():
             with gr.Tab("Dataset", id="dataset", elem_id="tab-dataset"):
-                dataset_tab.build(ctx)
+                dataset = dataset_tab.build(ctx)
             with gr.Tab("Train", id="train", elem_id="tab-train"):
-                train_tab.build(ctx)
+                train = train_tab.build(ctx, app)
             with gr.Tab("Preview", id="preview", elem_id="tab-preview"):
                 preview_tab.build(ctx)
+            with gr.Tab("Adapters", id="adapters", elem_id="tab-adapters"):
+                adapters_tab.build(ctx)
+        # The data check follows the preset picked for training (its resolution and upscaling).
+        train.preset.change(lambda name: name, [train.preset], [dataset.check_preset], show_progress="hidden")
         from ui import api
 
         api.register(ctx)  # /gradio_api: generation with any adapter mix, concurrent calls batched together

@@ -57,29 +57,66 @@ def save_caption(image: Path, caption: str, extension: str = ".txt") -> Path:
     return path
 
 
-def add_trigger(folder: Path, trigger: str, extension: str = ".txt", allowed: Allowed | None = None) -> int:
-    """Put `trigger` in front of every caption that does not start with it; returns how many files changed."""
+@dataclass(frozen=True)
+class Change:
+    """One caption file a bulk edit would write: its text before (None: no file yet) and after."""
+
+    image: Path
+    caption_path: Path
+    old: str | None
+    new: str
+
+
+def plan_trigger(folder: Path, trigger: str, extension: str = ".txt", allowed: Allowed | None = None) -> list[Change]:
+    """The changes "add a trigger to all" makes: the trigger in front of each caption not starting with it."""
     trigger = trigger.strip()
     if not trigger:
-        return 0
-    changed = 0
+        return []
+    changes = []
     for entry in list_entries(folder, extension, allowed):
         if entry.refused:
             continue
         new = with_trigger(entry.caption, trigger)
         if new != entry.caption or not entry.has_file:
-            save_caption(entry.image, new, extension)
-            changed += 1
-    return changed
+            changes.append(Change(entry.image, entry.caption_path, _file_text(entry), new))
+    return changes
+
+
+def plan_replace(folder: Path, find: str, replace: str, extension: str = ".txt",
+                 allowed: Allowed | None = None) -> list[Change]:
+    """The changes "replace in all" makes (plain text, case-sensitive)."""
+    if not find:
+        return []
+    return [Change(e.image, e.caption_path, _file_text(e), " ".join(e.caption.replace(find, replace).split()))
+            for e in list_entries(folder, extension, allowed) if e.has_file and find in e.caption]
+
+
+def apply_changes(changes: list[Change]) -> int:
+    """Write each change's caption (atomically); returns how many files were written."""
+    for change in changes:
+        write_text(change.caption_path, change.new.strip() + "\n")
+    return len(changes)
+
+
+def undo_changes(changes: list[Change]) -> int:
+    """Put every file back as it was before `apply_changes` (a caption that had no file loses it again)."""
+    for change in changes:
+        if change.old is None:
+            change.caption_path.unlink(missing_ok=True)
+        else:
+            write_text(change.caption_path, change.old)
+    return len(changes)
+
+
+def _file_text(entry: Entry) -> str | None:
+    return entry.caption_path.read_text(encoding="utf-8") if entry.has_file else None
+
+
+def add_trigger(folder: Path, trigger: str, extension: str = ".txt", allowed: Allowed | None = None) -> int:
+    """Put `trigger` in front of every caption that does not start with it; returns how many files changed."""
+    return apply_changes(plan_trigger(folder, trigger, extension, allowed))
 
 
 def replace_text(folder: Path, find: str, replace: str, extension: str = ".txt", allowed: Allowed | None = None) -> int:
     """Replace `find` with `replace` in every caption (plain text, case-sensitive); returns files changed."""
-    if not find:
-        return 0
-    changed = 0
-    for entry in list_entries(folder, extension, allowed):
-        if entry.has_file and find in entry.caption:
-            save_caption(entry.image, " ".join(entry.caption.replace(find, replace).split()), extension)
-            changed += 1
-    return changed
+    return apply_changes(plan_replace(folder, find, replace, extension, allowed))

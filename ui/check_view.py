@@ -10,12 +10,14 @@ from sdlora.config import config_from_dict
 from sdlora.errors import SdloraError
 
 
-def run_check(folder: Path, resolution: int = 512, allow_upscale: bool = False) -> dict[str, Any]:
+def run_check(folder: Path, resolution: int = 512, allow_upscale: bool = False,
+              caption_extension: str = ".txt") -> dict[str, Any]:
     """The check report of `folder` as training at `resolution` would see it (raises `SdloraError`)."""
     from sdlora.data.check import check_folder
 
     data = config_from_dict({"data": {"dir": str(folder), "resolution": int(resolution),
-                                      "allow_upscale": bool(allow_upscale)}}).data
+                                      "allow_upscale": bool(allow_upscale),
+                                      "caption_extension": caption_extension or ".txt"}}).data
     return check_folder(data)
 
 
@@ -68,7 +70,7 @@ def check_html(report: dict[str, Any] | None, error: str = "") -> str:
 
 
 def checked(folder: Path | None, resolution: int, allow_upscale: bool,
-            hide_tags: bool = False) -> tuple[str, dict[str, str]]:
+            hide_tags: bool = False, caption_extension: str = ".txt") -> tuple[str, dict[str, str]]:
     """(HTML, problem files) for the Dataset tab; a failing check becomes a readable message, not an exception.
 
     `hide_tags`: leave out the top tags (when a caption leads outside the allowed folders, its words would show).
@@ -76,7 +78,7 @@ def checked(folder: Path | None, resolution: int, allow_upscale: bool,
     if folder is None:
         return "", {}
     try:
-        report = run_check(folder, resolution or 512, allow_upscale)
+        report = run_check(folder, resolution or 512, allow_upscale, caption_extension)
     except SdloraError as exc:
         return check_html(None, str(exc)), {}
     if hide_tags and report.get("captions"):

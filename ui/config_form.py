@@ -13,11 +13,13 @@ import json
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from sdlora.config import Config, config_from_dict
+from ui.fields import parse_number
 
 # In view on the Train tab, in this order; every other option goes under "Advanced".
 MAIN_KEYS = ["name", "model", "data.dir", "mode", "network.rank", "network.alpha", "train.steps",
@@ -87,8 +89,10 @@ def to_widget(field: Field, value: Any) -> Any:
         return "\n".join(str(v) for v in value or [])
     if field.kind == "mapping":  # one line of YAML flow style: {d_coef: 2, safeguard_warmup: true}
         return yaml.safe_dump(dict(value), default_flow_style=True, sort_keys=False).strip() if value else ""
-    if field.optional and field.kind in ("int", "float"):
-        return "" if value is None else str(value)  # a text box: empty means "not set", which 0 would not
+    if field.kind in ("int", "float"):
+        # A text box, read strictly (ui.fields): empty means "not set" where that is allowed (0 would not), and
+        # an error otherwise; a browser number box would hand over "40O" as 40 and an empty box as the default.
+        return "" if value is None else str(value)
     return value
 
 
@@ -96,6 +100,8 @@ def from_widget(field: Field, value: Any) -> Any:
     """A widget's value as the config wants it (validation happens in `config_from_dict`)."""
     if field.kind == "list":
         return [line.strip() for line in str(value or "").splitlines() if line.strip()]
+    if field.kind in ("int", "float"):
+        return parse_number(value, field.key, field.kind, optional=field.optional)
     if field.kind == "mapping":
         try:
             return yaml.safe_load(str(value or "")) or {}
@@ -103,14 +109,6 @@ def from_widget(field: Field, value: Any) -> Any:
             return str(value)  # let validation name the key
     if value is None or (isinstance(value, str) and not value.strip() and field.kind != "str"):
         return None if field.optional else field.default
-    if field.kind == "int" and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if field.kind in ("int", "float") and isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return value  # let validation name the key
-        return int(number) if field.kind == "int" and number.is_integer() else number
     return value
 
 
@@ -149,12 +147,29 @@ def overrides(base: Config, config: Config, fields: list[Field]) -> list[str]:
     return out
 
 
-def preset_yaml(config: Config, fields: list[Field], comment: str = "") -> str:
-    """A preset naming only what differs from the defaults, like the ones in presets/."""
+def project_relative(value: Any, project: Path | None) -> Any:
+    """An absolute path inside `project` as a path relative to it (how presets name folders); else unchanged.
+
+    A preset in PROJECT/presets/ finds a relative folder from the project (`sdlora train` looks there), so the
+    saved preset keeps working when the project is moved or checked out elsewhere.
+    """
+    if project is None or not isinstance(value, str) or not value or not Path(value).is_absolute():
+        return value
+    path, root = Path(value), Path(project)
+    for base in dict.fromkeys([root, root.resolve()]):
+        if path == base or base in path.parents:
+            return path.relative_to(base).as_posix() or "."
+    return value
+
+
+def preset_yaml(config: Config, fields: list[Field], comment: str = "", project: Path | None = None) -> str:
+    """A preset naming only what differs from the defaults, like the ones in presets/; paths inside `project`
+    are written relative to it."""
     defaults = Config()
     raw: dict[str, Any] = {}
     for field in fields:
-        value = get_value(config, field.key)
+        value = project_relative(get_value(config, field.key), project) if field.kind == "str" else \
+            get_value(config, field.key)
         if value == get_value(defaults, field.key) and field.key not in ("name", "model"):
             continue
         node = raw

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import html
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
+from sdlora.config import load_config
 from sdlora.errors import SdloraError
 from ui import caption_panel, captions
 from ui.check_view import checked
 from ui.context import AppContext
+from ui.fields import parse_number
 from ui.paths import UnsafePath, safe_name
 from ui.uploads import import_uploads
 
@@ -39,8 +43,38 @@ def _gallery(entries: list[captions.Entry], folder: Path, problems: dict[str, st
     return items
 
 
-def build(ctx: AppContext) -> None:
+def preview_html(changes: list[captions.Change], folder: Path, shown: int = 12) -> str:
+    """What a bulk edit would write: before and after for the first `shown` captions."""
+    if not changes:
+        return "<p>No caption would change.</p>"
+    rows = "".join(f"<tr><td>{html.escape(str(c.image.relative_to(folder)))}</td>"
+                   f"<td>{html.escape((c.old or '(no caption file)').strip())}</td>"
+                   f"<td>{html.escape(c.new)}</td></tr>" for c in changes[:shown])
+    more = f"<p>… and {len(changes) - shown} more.</p>" if len(changes) > shown else ""
+    return (f'<div class="sdlora-check"><p><b>{len(changes)} caption file(s) would change.</b> Apply writes them; '
+            f'Undo puts them back.</p><table><tr><th>image</th><th>before</th><th>after</th></tr>{rows}</table>'
+            f'{more}</div>')
+
+
+@dataclass
+class DatasetTab:
+    """What other panels hook into: the opened folder (a gr.State of its resolved path), the folder picker, and
+    the check's preset (app.py keeps it on the Train tab's preset)."""
+
+    folder_state: gr.State
+    folder: gr.Dropdown
+    check_preset: gr.Dropdown
+
+
+def build(ctx: AppContext) -> DatasetTab:
     folders = known_folders(ctx)
+    presets = ctx.presets()
+    first = "demo" if "demo" in presets else (presets[0] if presets else None)
+    res0, up0, ext0 = _preset_check(ctx, first)
+    if not isinstance(res0, str):  # an unreadable preset: the Train tab says why
+        res0, up0 = "512", False
+    pending = gr.State([])  # the planned bulk edit, shown before it is applied
+    undo = gr.State([])  # the last applied bulk edit, for Undo
     folder_state = gr.State(None)  # the opened folder, resolved
     paths_state = gr.State([])  # image paths in gallery order
     selected = gr.State(None)  # index of the image being edited
@@ -68,24 +102,34 @@ def build(ctx: AppContext) -> None:
             with gr.Accordion("Bulk edits (every caption in the folder)", open=True):
                 with gr.Row(equal_height=False):
                     trigger = gr.Textbox(label="Trigger word", placeholder="sks", elem_id="ds-trigger", scale=3)
-                    trigger_btn = gr.Button("Add to all", elem_id="ds-add-trigger", scale=1)
+                    trigger_btn = gr.Button("Add to all…", elem_id="ds-add-trigger", scale=1)
                 with gr.Row(equal_height=False):
                     find = gr.Textbox(label="Find", elem_id="ds-find")
                     repl = gr.Textbox(label="Replace with", elem_id="ds-replace")
-                replace_btn = gr.Button("Replace in all", elem_id="ds-replace-all")
+                replace_btn = gr.Button("Replace in all…", elem_id="ds-replace-all")
+                bulk_preview = gr.HTML(elem_id="ds-bulk-preview")
+                with gr.Row(equal_height=False):
+                    apply_btn = gr.Button("Apply", variant="primary", visible=False, elem_id="ds-bulk-apply")
+                    cancel_btn = gr.Button("Cancel", visible=False, elem_id="ds-bulk-cancel")
+                    undo_btn = gr.Button("Undo the last bulk edit", visible=False, elem_id="ds-bulk-undo")
     with gr.Row(equal_height=False):
         gr.Markdown("### Check", elem_id="ds-check-title")
-        check_res = gr.Number(512, precision=0, label="Training resolution", elem_id="ds-check-resolution",
-                              info="data.resolution")
-        check_up = gr.Checkbox(False, label="Allow upscaling", info="data.allow_upscale", elem_id="ds-check-upscale")
+        check_preset = gr.Dropdown(choices=presets, value=first, label="As the preset trains",
+                                   info="its data.resolution and data.allow_upscale", elem_id="ds-check-preset")
+        check_res = gr.Textbox(str(res0), label="Training resolution", elem_id="ds-check-resolution",
+                               info="data.resolution", max_lines=1)
+        check_up = gr.Checkbox(up0, label="Allow upscaling", info="data.allow_upscale", elem_id="ds-check-upscale")
+        check_ext = gr.Textbox(ext0, label="Caption extension", info="data.caption_extension: the files read "
+                               "and written here", elem_id="ds-check-ext", max_lines=1)
         check_btn = gr.Button("Check again", elem_id="ds-check", scale=0)
     report = gr.HTML(elem_id="ds-report")
 
     # ------------------------------------------------------------------------------------------ handlers
-    def load(path: Path, res, up, note: str = ""):
-        entries = captions.list_entries(path, allowed=ctx.roots.contains)
+    def load(path: Path, res, up, ext, note: str = ""):
+        entries = captions.list_entries(path, ext, allowed=ctx.roots.contains)
         refused = [e.refused for e in entries if e.refused]
-        report_html, problems = checked(path, res, up, hide_tags=bool(refused))
+        report_html, problems = checked(path, parse_number(res, "Training resolution", "int"), up,
+                                        hide_tags=bool(refused), caption_extension=ext)
         entries = [e for e in entries if not e.refused]
         missing = sum(1 for e in entries if not e.has_file)
         rel = _shown(ctx, path)
@@ -99,13 +143,13 @@ def build(ctx: AppContext) -> None:
 
     outputs = [folder_state, paths_state, gallery, summary, selected, image_name, caption, report]
 
-    def on_open(text, res, up):
+    def on_open(text, res, up, ext):
         try:
-            return load(ctx.roots.resolve(text or "", kind="dir"), res, up)
+            return load(ctx.roots.resolve(text or "", kind="dir"), res, up, ext)
         except SdloraError as exc:
             raise gr.Error(str(exc)) from None
 
-    def on_create(name, files, res, up):
+    def on_create(name, files, res, up, ext):
         try:
             if not files:
                 raise UnsafePath("choose images, caption files or a zip to upload")
@@ -116,50 +160,107 @@ def build(ctx: AppContext) -> None:
         except SdloraError as exc:
             raise gr.Error(str(exc)) from None
         rel = _shown(ctx, target)
-        return (gr.update(choices=known_folders(ctx), value=rel), *load(target, res, up, result.summary()))
+        try:
+            shown = load(target, res, up, ext, result.summary())
+        except SdloraError as exc:
+            raise gr.Error(str(exc)) from None
+        return (gr.update(choices=known_folders(ctx), value=rel), *shown)
 
-    def on_select(paths, evt: gr.SelectData):
+    def on_select(paths, ext, evt: gr.SelectData):
         index = evt.index if isinstance(evt.index, int) else evt.index[0]
         image = Path(paths[index])
-        path = captions.caption_path_for(image)
+        path = captions.caption_path_for(image, ext)
         if path.exists() and not ctx.roots.contains(path):
             raise gr.Error(f"{path.name} leads outside the allowed folders through a symlink; not read")
         text = captions.read_caption(path)[0] if path.is_file() else ""
         return index, f"Editing **{image.name}** → `{path.name}`", text
 
-    def on_save(path, paths, index, text, res, up):
+    def on_save(path, paths, index, text, res, up, ext):
         if path is None or index is None:
             raise gr.Error("Open a folder and click an image first.")
         image = Path(paths[index])
         if not ctx.roots.contains(image):
             raise gr.Error(f"{image} is outside the allowed folders")
-        written = captions.save_caption(image, text)
+        written = captions.save_caption(image, text, ext)
         gr.Info(f"Saved {written.name}")
-        entries = captions.list_entries(path, allowed=ctx.roots.contains)
-        report_html, problems = checked(path, res, up, hide_tags=any(e.refused for e in entries))
+        entries = captions.list_entries(path, ext, allowed=ctx.roots.contains)
+        try:
+            report_html, problems = checked(path, parse_number(res, "Training resolution", "int"), up,
+                                            hide_tags=any(e.refused for e in entries), caption_extension=ext)
+        except SdloraError as exc:
+            raise gr.Error(str(exc)) from None
         return _gallery(entries, path, problems), report_html
 
-    def on_bulk(path, res, up, action, *args):
+    def on_plan(path, plan, *args):
+        """Show what a bulk edit would write; nothing is written until Apply."""
         if path is None:
             raise gr.Error("Open a folder first.")
-        changed = action(path, *args)
-        gr.Info(f"{changed} caption file(s) changed")
-        return load(path, res, up, f"{changed} caption file(s) changed")
+        changes = plan(path, *args)
+        return changes, preview_html(changes, path), gr.update(visible=bool(changes)), gr.update(visible=True)
 
-    checks = [check_res, check_up]
+    def on_apply(path, changes, res, up, ext):
+        if path is None or not changes:
+            raise gr.Error("Nothing to apply: press Add to all… or Replace in all… first.")
+        if not all(ctx.roots.contains(c.caption_path) for c in changes):
+            raise gr.Error("a caption file lies outside the allowed folders")
+        changed = captions.apply_changes(changes)
+        gr.Info(f"{changed} caption file(s) changed")
+        try:
+            shown = load(path, res, up, ext, f"{changed} caption file(s) changed; Undo puts them back")
+        except SdloraError as exc:
+            raise gr.Error(str(exc)) from None
+        return (*shown, [], changes, "", gr.update(visible=False), gr.update(visible=False),
+                gr.update(visible=True))
+
+    def on_cancel():
+        return [], "", gr.update(visible=False), gr.update(visible=False)
+
+    def on_undo(path, changes, res, up, ext):
+        if path is None or not changes:
+            raise gr.Error("No bulk edit to undo.")
+        restored = captions.undo_changes(changes)
+        gr.Info(f"{restored} caption file(s) restored")
+        try:
+            shown = load(path, res, up, ext, f"{restored} caption file(s) restored")
+        except SdloraError as exc:
+            raise gr.Error(str(exc)) from None
+        return (*shown, [], gr.update(visible=False))
+
+    checks = [check_res, check_up, check_ext]
+    # Open, or a folder chosen from the list (select, not input: typing a path and pressing Open would run
+    # both and show an error twice).
     open_btn.click(on_open, [folder, *checks], outputs)
-    folder.input(on_open, [folder, *checks], outputs)
+    folder.select(on_open, [folder, *checks], outputs)
+    check_preset.change(lambda name: _preset_check(ctx, name), [check_preset], checks)
     create_btn.click(on_create, [new_name, uploads, *checks], [folder, *outputs])
-    gallery.select(on_select, [paths_state], [selected, image_name, caption])
+    gallery.select(on_select, [paths_state, check_ext], [selected, image_name, caption])
     save_btn.click(on_save, [folder_state, paths_state, selected, caption, *checks], [gallery, report])
-    trigger_btn.click(lambda p, res, up, t: on_bulk(p, res, up, captions.add_trigger, t, ".txt",
-                                                    ctx.roots.contains),
-                      [folder_state, *checks, trigger], outputs)
-    replace_btn.click(lambda p, res, up, f, r: on_bulk(p, res, up, captions.replace_text, f, r, ".txt",
-                                                       ctx.roots.contains),
-                      [folder_state, *checks, find, repl], outputs)
-    check_btn.click(lambda p, res, up: on_open(str(p) if p else "", res, up), [folder_state, *checks], outputs)
+    plan_outputs = [pending, bulk_preview, apply_btn, cancel_btn]
+    allowed = ctx.roots.contains  # a caption symlinked out of the allowed folders is neither read nor written
+    trigger_btn.click(lambda p, t, ext: on_plan(p, captions.plan_trigger, t, ext, allowed),
+                      [folder_state, trigger, check_ext], plan_outputs)
+    replace_btn.click(lambda p, f, r, ext: on_plan(p, captions.plan_replace, f, r, ext, allowed),
+                      [folder_state, find, repl, check_ext], plan_outputs)
+    apply_btn.click(on_apply, [folder_state, pending, *checks],
+                    [*outputs, pending, undo, bulk_preview, apply_btn, cancel_btn, undo_btn])
+    cancel_btn.click(on_cancel, None, plan_outputs)
+    undo_btn.click(on_undo, [folder_state, undo, *checks], [*outputs, undo, undo_btn])
+    check_btn.click(lambda p, res, up, ext: on_open(str(p) if p else "", res, up, ext), [folder_state, *checks],
+                    outputs)
     caption_panel.build(ctx, folder_state, load, checks, outputs)
+    return DatasetTab(folder_state=folder_state, folder=folder, check_preset=check_preset)
+
+
+def _preset_check(ctx: AppContext, name: str | None) -> tuple:
+    """The data check's resolution, upscaling and caption extension as the preset trains (512, off and .txt
+    without a preset)."""
+    if not name:
+        return "512", False, ".txt"
+    try:
+        data = load_config(ctx.roots.resolve(f"presets/{name}.yaml", kind="file")).data
+    except SdloraError:
+        return gr.skip(), gr.skip(), gr.skip()
+    return str(data.resolution), data.allow_upscale, data.caption_extension
 
 
 def _shown(ctx: AppContext, path: Path) -> str:

@@ -5,14 +5,18 @@ keeps one per base model), so moving a slider re-weights the adapters without re
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import warnings
 from pathlib import Path
 
 import gradio as gr
 
+from sdlora.adapters.blend import WEIGHT_RANGE
 from sdlora.errors import SdloraError
 from sdlora.models import builtin_models
 from ui.context import AppContext
+from ui.display import upscaled
+from ui.fields import parse_number
 from ui.preview_engine import SCHEDULERS, GenParams, PreviewEngine, adapter_mode
 
 ROW_WEIGHTS = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -29,41 +33,62 @@ def find_adapters(ctx: AppContext) -> list[str]:
     return [str(p.relative_to(ctx.project)) for p in found if ctx.roots.contains(p)]
 
 
-def build(ctx: AppContext, engine: PreviewEngine | None = None) -> None:
+@dataclass
+class PreviewTab:
+    """What other panels (e.g. a compare view) hook into: the base model, VAE, adapters and sampling fields."""
+
+    model: gr.Dropdown
+    vae: gr.Textbox
+    adapters: gr.Dropdown
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    seed: gr.Textbox
+    steps: gr.Slider
+    guidance: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    scheduler: gr.Dropdown
+    engine: PreviewEngine
+
+
+def build(ctx: AppContext, engine: PreviewEngine | None = None) -> PreviewTab:
     engine = engine or PreviewEngine()
     models = list(builtin_models())
     adapters = find_adapters(ctx)
+    # interactive=True throughout: Gradio makes a field editable only when an event known at build time reads
+    # it, and Generate's events are made inside @gr.render (they take the weight sliders), so it must be said.
     with gr.Row(equal_height=False):
         model = gr.Dropdown(choices=models, value=models[0] if models else None, allow_custom_value=True,
-                            label="Base model", info="a built-in model, or a diffusers folder or checkpoint file "
+                            interactive=True, label="Base model", info="a built-in model, or a diffusers folder or checkpoint file "
                             "(.safetensors) under the allowed folders", elem_id="pv-model", scale=2)
-        vae = gr.Textbox(label="VAE (optional)", info="a VAE file or folder in place of the model's own",
+        vae = gr.Textbox(label="VAE (optional)", interactive=True, info="a VAE file or folder in place of the model's own",
                          elem_id="pv-vae", scale=1)
         picked = gr.Dropdown(choices=adapters, value=[], multiselect=True, label="Adapters",
                              info="outputs/NAME/NAME.safetensors and adapters/", elem_id="pv-adapters", scale=4)
         refresh = gr.Button("Refresh list", elem_id="pv-refresh", scale=0)
     with gr.Row(equal_height=False):
         with gr.Column(scale=2):
-            prompt = gr.Textbox(label="Prompt", lines=2, elem_id="pv-prompt",
+            prompt = gr.Textbox(label="Prompt", lines=2, elem_id="pv-prompt", interactive=True,
                                 value="a sks shape on a white background")
-            negative = gr.Textbox(label="Negative prompt", elem_id="pv-negative")
+            negative = gr.Textbox(label="Negative prompt", elem_id="pv-negative", interactive=True)
             with gr.Row(equal_height=False):
                 # Seed 2: the demo adapter (presets/demo.yaml) draws its ring there at 20 steps, guidance 5 (torch 2.13
                 # CPU; seeds 0, 1 and 3 drew a square, a disc and a moon): the first image shows the concept.
-                seed = gr.Number(2, precision=0, label="Seed", elem_id="pv-seed")
-                steps = gr.Slider(1, 100, 20, step=1, label="Steps", elem_id="pv-steps")
-                guidance = gr.Slider(0, 20, 5.0, step=0.1, label="Guidance", elem_id="pv-guidance")
+                seed = gr.Textbox("2", label="Seed", elem_id="pv-seed", interactive=True, max_lines=1)
+                steps = gr.Slider(1, 100, 20, step=1, label="Steps", elem_id="pv-steps", interactive=True)
+                guidance = gr.Slider(0, 20, 5.0, step=0.1, label="Guidance", elem_id="pv-guidance", interactive=True)
             with gr.Row(equal_height=False):
-                width = gr.Slider(64, 1024, 64, step=8, label="Width", elem_id="pv-width")
-                height = gr.Slider(64, 1024, 64, step=8, label="Height", elem_id="pv-height")
+                width = gr.Slider(64, 1024, 64, step=8, label="Width", elem_id="pv-width", interactive=True)
+                height = gr.Slider(64, 1024, 64, step=8, label="Height", elem_id="pv-height", interactive=True)
                 scheduler = gr.Dropdown(choices=SCHEDULERS, value="ddim", label="Scheduler",
-                                        info="LCM is chosen for an LCM adapter", elem_id="pv-scheduler")
+                                        info="LCM is chosen for an LCM adapter", elem_id="pv-scheduler",
+                                        interactive=True)
         with gr.Column(scale=2, elem_id="pv-weights"):
-            gr.Markdown("**Weights** (-1 to 2)")
+            gr.Markdown(f"**Weights** ({WEIGHT_RANGE[0]:g} to {WEIGHT_RANGE[1]:g})")
 
             @gr.render(inputs=[picked])
             def weights(names):
-                sliders = [gr.Slider(-1, 2, 1.0, step=0.05, label=name, key=f"weight:{name}", interactive=True,
+                sliders = [gr.Slider(*WEIGHT_RANGE, 1.0, step=0.05, label=name, key=f"weight:{name}", interactive=True,
                                      elem_classes=["pv-weight"]) for name in names or []]
                 if not sliders:
                     gr.Markdown("Pick adapters above; each gets a weight slider here.")
@@ -80,14 +105,17 @@ def build(ctx: AppContext, engine: PreviewEngine | None = None) -> None:
 
     with gr.Row(equal_height=False):
         generate = gr.Button("Generate", variant="primary", elem_id="pv-generate", scale=2)
-        row_on = gr.Checkbox(False, label="Also a row over one adapter's weight (0, 0.25 … 1)", elem_id="pv-row-on")
-        row_adapter = gr.Dropdown(choices=[], label="Row adapter", elem_id="pv-row-adapter")
+        row_on = gr.Checkbox(False, label="Also a row over one adapter's weight (0, 0.25 … 1)", elem_id="pv-row-on",
+                             interactive=True)
+        row_adapter = gr.Dropdown(choices=[], label="Row adapter", elem_id="pv-row-adapter", interactive=True)
     note = gr.Markdown(elem_id="pv-note")
     with gr.Row(equal_height=False):
         base_img = gr.Image(label="Base model", format="png", interactive=False, elem_id="pv-base", height=320)
         blend_img = gr.Image(label="With adapters", format="png", interactive=False, elem_id="pv-blend",
                              height=320)
-    row = gr.Gallery(label="Weight row", columns=len(ROW_WEIGHTS), height=220, interactive=False, elem_id="pv-row")
+    # contain, not the default cover: the whole image is shown, with its weight as the caption below it.
+    row = gr.Gallery(label="Weight row", columns=len(ROW_WEIGHTS), height=280, object_fit="contain",
+                     interactive=False, elem_id="pv-row")
 
     # ------------------------------------------------------------------------------------------ handlers
     def on_generate(model_ref, vae_ref, text, neg, seed_v, steps_v, guidance_v, w, h, sched, names, row_flag,
@@ -96,8 +124,9 @@ def build(ctx: AppContext, engine: PreviewEngine | None = None) -> None:
             base = _model(ctx, model_ref)
             vae_path = str(ctx.roots.resolve(vae_ref)) if (vae_ref or "").strip() else None
             files = [ctx.roots.resolve(name, kind="file") for name in names or []]
-            params = GenParams(prompt=text or "", negative=neg or "", seed=int(seed_v or 0), steps=int(steps_v),
-                               guidance=float(guidance_v), width=int(w), height=int(h), scheduler=sched)
+            params = GenParams(prompt=text or "", negative=neg or "", seed=parse_number(seed_v, "Seed", "int"),
+                               steps=int(steps_v), guidance=float(guidance_v), width=int(w), height=int(h),
+                               scheduler=sched)
             pairs = list(zip(files, [float(v) for v in weights_v]))
             base_image = engine.generate(base, [], params, vae_path)
             with warnings.catch_warnings(record=True) as caught:  # the adapter check's: layers the model lacks
@@ -111,12 +140,14 @@ def build(ctx: AppContext, engine: PreviewEngine | None = None) -> None:
                 at = list(names).index(row_name)
                 for weight in ROW_WEIGHTS:
                     varied = [(p, weight if i == at else wv) for i, (p, wv) in enumerate(pairs)]
-                    row_images.append((engine.generate(base, varied, params, vae_path),
+                    row_images.append((upscaled(engine.generate(base, varied, params, vae_path)),
                                        f"{Path(row_name).stem} {weight:g}"))
         except SdloraError as exc:
             raise gr.Error(str(exc)) from None
         shown = ", ".join(f"{Path(p).stem} {wv:+.2f}" for p, wv in pairs) or "no adapters picked"
-        return base_image, blended, row_images, f"{sched}, {params.steps} steps, guidance {params.guidance:g} · {shown}"
+        note_text = (f"`{model_ref}` · “{params.prompt}” · {params.width}x{params.height}, {sched}, {params.steps} steps, guidance {params.guidance:g}, "
+                     f"seed {params.seed} · {shown}")
+        return upscaled(base_image), upscaled(blended), row_images, note_text
 
     def on_pick(names, sched, steps_v, guidance_v):
         lcm = [n for n in names or [] if adapter_mode(ctx.roots.resolve(n, kind="file")).get("mode") == "lcm"]
@@ -130,12 +161,13 @@ def build(ctx: AppContext, engine: PreviewEngine | None = None) -> None:
     refresh.click(lambda cur: gr.update(choices=find_adapters(ctx), value=[c for c in cur or []
                                                                          if c in find_adapters(ctx)]),
                   [picked], [picked])
-
     from ui import compare_view  # the Compare view: a run's checkpoints x weights x prompts as one grid
 
     with gr.Accordion("Compare: checkpoints x weights x prompts", open=False, elem_id="pv-compare"):
         compare_view.build(ctx, generate_inputs=dict(model=model, adapters=picked, prompt=prompt, seed=seed,
                                                      steps=steps, guidance=guidance))
+    return PreviewTab(model=model, vae=vae, adapters=picked, prompt=prompt, negative=negative, seed=seed, steps=steps,
+                      guidance=guidance, width=width, height=height, scheduler=scheduler, engine=engine)
 
 
 def _model(ctx: AppContext, ref: str | None) -> str:

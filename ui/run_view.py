@@ -41,6 +41,8 @@ class RunView:
     total: int = 0
     state: str = "idle"  # idle | starting | running | done | stopped | error
     losses: list[tuple[int, float]] = field(default_factory=list)
+    lrs: list[tuple[int, float]] = field(default_factory=list)
+    history: list[tuple[int, list[str]]] = field(default_factory=list)  # every sample event: (step, images)
     samples_per_s: float | None = None
     eta_s: float | None = None
     sample_images: list[str] = field(default_factory=list)
@@ -68,11 +70,18 @@ class RunView:
                     while view.losses and view.losses[-1][0] >= view.step:
                         view.losses.pop()
                     view.losses.append((view.step, float(loss)))
+                lr = e.get("lr")
+                if isinstance(lr, (int, float)):
+                    while view.lrs and view.lrs[-1][0] >= view.step:
+                        view.lrs.pop()
+                    view.lrs.append((view.step, float(lr)))
                 view.samples_per_s = e.get("samples_per_s")
                 step_times.append((view.step, float(e.get("time", 0))))
             elif kind == "sample":
                 view.sample_images = [str(p) for p in e.get("images") or []] or _pngs(e.get("path"))
                 view.sample_step = e.get("step")
+                view.history = [h for h in view.history if h[0] != view.sample_step]
+                view.history.append((int(view.sample_step or 0), view.sample_images))
             elif kind == "validation" and isinstance(e.get("loss"), (int, float)):
                 view.validation = [v for v in view.validation if v[0] < int(e["step"])]
                 view.validation.append((int(e["step"]), float(e["loss"])))
@@ -96,7 +105,7 @@ class RunView:
         if self.total:
             parts.append(f"{100 * self.fraction:.0f}%")
         if self.eta_s is not None:
-            parts.append(f"ETA {format_duration(self.eta_s)}")
+            parts.append(f"about {format_remaining(self.eta_s)} left")
         if self.samples_per_s:
             parts.append(f"{self.samples_per_s:.2f} samples/s")
         label = html.escape(" · ".join(parts))
@@ -127,3 +136,15 @@ def format_duration(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_remaining(seconds: float) -> str:
+    """A time left in words ("3 min 5 s", "1 h 20 min"), which no one reads as a clock time."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if minutes < 10 and secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"

@@ -17,11 +17,12 @@ def register(sub) -> None:
                    help="load a pickle checkpoint (.ckpt/.pt: it can run code; only from a source you trust)")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
                    help="a LoRA file and its weight in [-2, 2] (default 1); repeat for more adapters")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, help="what to draw, e.g. 'a sks ring on a white background'")
     p.add_argument("--negative", default=None, help="negative prompt")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default 25; an LCM adapter's own)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default 7.5)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the starting noise (default 0): the same "
+                   "seed and settings give the same image")
     p.add_argument("--scheduler", default=None, help="ddim, euler, euler_a, dpmpp_2m or lcm (default: the "
                                                      "model's own, or an LCM adapter's)")
     p.add_argument("--size", default=None, metavar="WxH", help="image size, e.g. 512x512 (default: the model's)")

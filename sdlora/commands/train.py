@@ -15,10 +15,11 @@ from sdlora.errors import SdloraError
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a LoRA from a preset")
-    p.add_argument("--preset", type=Path, help="preset YAML (see presets/)")
+    p.add_argument("--preset", type=Path, help="preset YAML (see presets/); this or --resume is required")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preset key, e.g. --set train.steps=200 (repeatable)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR (outputs/NAME)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR (outputs/NAME) from "
+                   "its last checkpoint, with its own settings (and any --set); this or --preset is required")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and plan, then exit")
     p.add_argument("--gpus", type=int, default=1, metavar="N",
                    help="data-parallel training on N GPUs of this machine, one process each (batch_size is per "
@@ -101,6 +102,11 @@ def train_locked(args, config: Config, paths, changes: dict) -> int:
         paths = new_run(config)
 
     main = distributed.rank() == 0
+    from sdlora.train.threads import apply_cpu_threads
+
+    threads_line = apply_cpu_threads(config.train.cpu_threads)
+    if main:  # on stdout: stderr carries only the one-line error when something fails
+        print(threads_line, flush=True)
     log = JsonlWriter(paths.events) if main else None
     events = EventBus([log, ConsoleReporter()] if main else [])
     if plan is not None and plan.finished:  # killed while writing its final adapter: the last checkpoint has it

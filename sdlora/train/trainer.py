@@ -34,6 +34,7 @@ from sdlora.train.metadata import adapter_metadata
 from sdlora.train.model_setup import setup_model
 from sdlora.train.objective import make_objective
 from sdlora.train.optim import evaluation_weights, make_lr_scheduler, make_optimizer
+from sdlora.train.requests import take_requests
 from sdlora.train.rundir import RunPaths
 from sdlora.train.sampling import sample_images
 from sdlora.train import recipe
@@ -411,8 +412,12 @@ class Trainer:
                 self.events.emit("stopped", step=step, total_steps=train.steps, path=path,
                                  message=f"{self.stop.reason}; resume with: sdlora train --resume {self.paths.root}")
                 return TrainResult("stopped", step, path, self.losses)
-            if cfg.sample.every and step % cfg.sample.every == 0 and step < train.steps:
+            # "sample now" / "save now" from the app (sdlora/train/requests.py): served after this step.
+            asked = take_requests(self.paths.root) if self.is_main and step < train.steps else set()
+            if "sample" in asked or (cfg.sample.every and step % cfg.sample.every == 0 and step < train.steps):
                 self.sample(step)
+            if "save" in asked and not (cfg.save.every and step % cfg.save.every == 0):
+                self.save_checkpoint(step, self.bad_steps)
             if train.validate_every and step % train.validate_every == 0 and step < train.steps:
                 self.validate(step)
             # No checkpoint in the middle of a streak of skipped steps: the last good one stays the newest.

@@ -1,0 +1,30 @@
+"""`sdlora COMMAND --help` says what the command does and shows examples; train says --preset or --resume is
+required; generate explains --prompt and --seed."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdlora.cli import build_parser
+from sdlora.commands.helptext import HELP
+
+
+def help_text(command: str) -> str:
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return sub.choices[command].format_help()
+
+
+@pytest.mark.parametrize("command", sorted(HELP))
+def test_each_subcommand_has_a_description_and_examples(command):
+    text = help_text(command)
+    assert "examples:\n" in text
+    examples = text.split("examples:\n", 1)[1].splitlines()
+    assert examples and all(line.strip().startswith("sdlora " + command) for line in examples if line.strip())
+    assert HELP[command][0].split()[0] in text  # the description is printed
+
+
+def test_train_help_says_preset_or_resume_is_required_and_generate_explains_prompt_and_seed():
+    train = " ".join(help_text("train").split())
+    assert "one of the two is required" in train and "this or --resume is required" in train
+    generate = " ".join(help_text("generate").split())
+    assert "--prompt PROMPT what to draw" in generate and "--seed SEED random seed" in generate
