@@ -88,10 +88,33 @@ class NetworkConfig:
                                          "encoders (lora_te1_, lora_te2_)")
     block_lr: BlockLrConfig = opt(default_factory=BlockLrConfig,
                                   help="learning-rate multipliers of the UNet's stages (kohya's down/mid/up lr weight)")
+    type: Literal["lora", "loha", "lokr", "dora", "dylora"] = opt(
+        "lora", help="adapter kind: lora (LoRA; LoCon on Conv2d targets), loha (Hadamard product of two low-rank "
+                     "pairs), lokr (Kronecker product), dora (LoRA + a learned magnitude per output channel), dylora "
+                     "(LoRA trained at a random rank each step, so it can be truncated to any multiple of "
+                     "dylora_unit); see docs/NETWORKS.md")
+    conv_rank: Optional[int] = opt(None, min=1, max=1024, help="rank of Conv2d targets with a kernel larger than 1x1 "
+                                                               "(LoCon; default: rank)")
+    conv_alpha: Optional[float] = opt(None, min=0.0, max=100000.0, help="alpha of those Conv2d targets (default: "
+                                                                        "alpha, else conv_rank)")
+    lokr_factor: int = opt(-1, min=-1, max=1024, help="LoKr: the size of the Kronecker product's small factor, as in "
+                                                      "LyCORIS (-1: automatic, near the square root of each side)")
+    dylora_unit: int = opt(1, min=1, max=1024, help="DyLoRA: the rank step; each training step uses the first b rows "
+                                                    "of the LoRA, b a random multiple of this (rank must be one)")
 
     @property
     def effective_alpha(self) -> float:
         return float(self.rank if self.alpha is None else self.alpha)
+
+    @property
+    def effective_conv_rank(self) -> int:
+        return self.rank if self.conv_rank is None else self.conv_rank
+
+    @property
+    def effective_conv_alpha(self) -> float:
+        if self.conv_alpha is not None:
+            return float(self.conv_alpha)
+        return float(self.effective_conv_rank if self.alpha is None else self.alpha)
 
 
 @dataclass
@@ -365,6 +388,7 @@ def _cross_checks(cfg: Config) -> None:
                           f"one like .txt or .caption")
     if not cfg.network.targets:
         raise SdloraError("network.targets: name at least one module, e.g. [to_q, to_k, to_v, to_out.0]")
+    _network_type_checks(cfg)
     if cfg.network.text_encoder and cfg.mode == "lcm":
         raise SdloraError("network.text_encoder: LCM-LoRA distillation trains the UNet only (its teacher uses the "
                           "base text encoder); set network.text_encoder false or mode standard")
@@ -406,6 +430,36 @@ def _recipe_checks(cfg: Config) -> None:
             if getattr(getattr(cfg, section), name) != getattr(getattr(defaults, section), name):
                 raise SdloraError(f"{key}: not used by mode lcm (LCM distillation has its own timesteps and "
                                   f"pseudo-Huber loss, lcm.huber_c); remove {key} or set mode standard")
+
+
+def _network_type_checks(cfg: Config) -> None:
+    """An option set for another network.type is an error naming both keys, never silently ignored."""
+    net = cfg.network
+    kind = f"network.type is {net.type!r}"
+    if net.lokr_factor != -1 and net.type != "lokr":
+        raise SdloraError(f"network.lokr_factor applies to network.type lokr only ({kind}); remove it")
+    if net.lokr_factor == 0:
+        raise SdloraError("network.lokr_factor: 0 is not a factor; give -1 (automatic) or a positive size")
+    if net.dylora_unit != 1 and net.type != "dylora":
+        raise SdloraError(f"network.dylora_unit applies to network.type dylora only ({kind}); remove it")
+    if net.type == "dylora":
+        if net.rank % net.dylora_unit:
+            raise SdloraError(f"network.rank {net.rank} is not a multiple of network.dylora_unit {net.dylora_unit}; "
+                              f"DyLoRA truncates in steps of the unit")
+        if net.conv_rank is not None and net.conv_rank != net.rank:
+            raise SdloraError(f"network.conv_rank must equal network.rank for network.type dylora (one rank to "
+                              f"truncate), or be left out")
+    if net.type in ("loha", "lokr") and net.dropout:
+        raise SdloraError(f"network.dropout applies to network.type lora/dora/dylora ({kind}: LyCORIS has no input "
+                          f"dropout for it); set network.dropout 0")
+    if net.type in ("loha", "lokr") and cfg.save.format == "diffusers":
+        raise SdloraError(f"save.format diffusers cannot hold network.type {net.type} (diffusers' loaders read LoRA "
+                          f"and DoRA only); use save.format kohya")
+    if net.type != "lora" and cfg.mode == "lcm":
+        raise SdloraError(f"network.type {net.type}: mode lcm distils an LCM-LoRA; use network.type lora")
+    if net.type != "lora" and net.text_encoder:
+        raise SdloraError(f"network.text_encoder trains network.type lora only for now ({kind}); set "
+                          f"network.text_encoder false")
 
 
 LCM_DEFAULT_RANK = 64

@@ -115,23 +115,31 @@ def _run_cli(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-def _preset(tmp_path: Path, data_dir: Path, name: str, steps: int) -> Path:
+def _preset(tmp_path: Path, data_dir: Path, name: str, steps: int, network_type: str = "lora") -> Path:
     preset = tmp_path / f"{name}.yaml"
+    network = "{rank: 4, dropout: 0.1}"
+    if network_type != "lora":  # attention and 3x3 convolutions; LoHa/LoKr have no input dropout
+        dropout = 0.0 if network_type in ("loha", "lokr") else 0.1
+        network = f"{{rank: 4, dropout: {dropout}, type: {network_type}, targets: [to_q, to_k, to_v, to_out.0, conv1]}}"
     preset.write_text(f"""
 name: {name}
 model: tiny
 data: {{dir: {data_dir}, resolution: 64, flip: true}}
-network: {{rank: 4, dropout: 0.1}}
+network: {network}
 train: {{steps: {steps}, batch_size: 2, lr: 1e-3, scheduler: cosine, warmup_steps: 3, seed: 11}}
 save: {{every: 1000, output_dir: {tmp_path / 'outputs'}}}
 """, encoding="utf-8")
     return preset
 
 
-def test_sigint_then_resume_gives_a_bitwise_identical_adapter(shapes_dir, tmp_path):
-    full = _run_cli(["train", "--preset", str(_preset(tmp_path, shapes_dir, "full", 40))], tmp_path)
+# Every network.type resumes exactly (DyLoRA: its rank draws come from the per-step seeded RNG); the other types
+# run under the slow mark.
+@pytest.mark.parametrize("network_type", ["lora", *(pytest.param(t, marks=pytest.mark.slow)
+                                                    for t in ("dora", "loha", "lokr", "dylora"))])
+def test_sigint_then_resume_gives_a_bitwise_identical_adapter(shapes_dir, tmp_path, network_type):
+    full = _run_cli(["train", "--preset", str(_preset(tmp_path, shapes_dir, "full", 40, network_type))], tmp_path)
     # Meanwhile: the same run, interrupted by SIGINT part-way.
-    part = _run_cli(["train", "--preset", str(_preset(tmp_path, shapes_dir, "part", 40))], tmp_path)
+    part = _run_cli(["train", "--preset", str(_preset(tmp_path, shapes_dir, "part", 40, network_type))], tmp_path)
     events_file = tmp_path / "outputs" / "part" / "events.jsonl"
     deadline = time.time() + 600
     while time.time() < deadline:

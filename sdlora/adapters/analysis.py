@@ -47,7 +47,13 @@ class Spectrum:
 
 
 def spectrum(layer: LoraLayer) -> Spectrum:
-    """The exact SVD of dW = (alpha/rank)·B·A, computed in float64 through the rank-r core."""
+    """The exact SVD of dW = (alpha/rank)·B·A, computed in float64 through the rank-r core.
+
+    DoRA: the spectrum of its LoRA part s·B·A (the direction update; the magnitude needs the base weight). LoHa and
+    LoKr: a plain SVD of their dW matrix, whose rank is not bounded by theirs (rank² for LoHa)."""
+    if layer.kind not in ("lora", "dora"):
+        u, s, vh = torch.linalg.svd(layer.matrix().double(), full_matrices=False)
+        return Spectrum(u=u, s=s, v=vh.T)
     rank = layer.rank
     up = layer.up.double().reshape(layer.up.shape[0], rank)
     down = layer.down.double().reshape(rank, -1)
@@ -86,11 +92,11 @@ def base_family(adapter: Adapter) -> tuple[str, str]:
         return "sdxl", "second text encoder layers"
     for name, layer in adapter.layers.items():
         if name.startswith("unet.") and name.endswith(("attn2.to_k", "attn2.to_v")):
-            dim = int(layer.down.shape[1])
+            dim = layer.in_features
             return CROSS_ATTENTION_FAMILY.get(dim, f"unknown (cross-attention dim {dim})"), "layer shapes"
     for name, layer in adapter.layers.items():
         if name.startswith("text_encoder.") and name.endswith("q_proj"):
-            dim = int(layer.down.shape[1])
+            dim = layer.in_features
             return CROSS_ATTENTION_FAMILY.get(dim, f"unknown (text width {dim})"), "layer shapes"
     return "unknown", "no metadata and no cross-attention layer"
 
@@ -120,12 +126,56 @@ def resize_layer(layer: LoraLayer, rank: int) -> tuple[LoraLayer, float]:
     return resized, spec.kept_energy(rank)
 
 
+# Module names of SD UNets that are 3x3 convolutions, and 1x1 ones (proj_in/out: 1x1 convolutions in SD 1.x and
+# the tiny model, Linear in SD 2.x/XL). A LoHa/LoKr file stores a conv's factors flattened, so its kernel is not in the file.
+CONV_3X3 = ("conv1", "conv2", "conv", "conv_in", "conv_out")
+CONV_1X1 = ("conv_shortcut",)
+
+
+def _kernel(name: str, layer, family: str) -> tuple[int, ...] | None:
+    """The kernel of the module a flattened LoHa/LoKr layer adapts (None: a Linear)."""
+    if layer.kind == "lokr" and layer.w2 is not None and layer.w2.dim() == 4:
+        return tuple(layer.w2.shape[2:])
+    last = name.rsplit(".", 1)[-1]
+    if last in CONV_3X3 and layer.in_features % 9 == 0:
+        return (3, 3)
+    if last in CONV_1X1 or (last in ("proj_in", "proj_out") and family not in ("sd2", "sdxl")):
+        return (1, 1)
+    return None
+
+
+def lycoris_to_lora(layer, rank: int, kernel: tuple[int, ...] | None) -> tuple[LoraLayer, float]:
+    """The best rank-`rank` LoRA (LoCon for a conv) of a LoHa/LoKr layer's dW, by truncated SVD; scale 1."""
+    spec = spectrum(layer)
+    rank = min(rank, int(spec.s.numel()))
+    root = torch.sqrt(spec.s[:rank])
+    up, down = spec.u[:, :rank] * root, (spec.v[:, :rank] * root).T
+    if kernel is not None:
+        down = down.reshape(rank, -1, *kernel)
+        up = up.reshape(up.shape[0], rank, 1, 1)
+    return (LoraLayer(down=down.float().contiguous(), up=up.float().contiguous(), alpha=float(rank)),
+            spec.kept_energy(rank))
+
+
 def resize_adapter(adapter: Adapter, rank: int) -> tuple[Adapter, dict[str, float]]:
-    """Every layer refactored to at most `rank`; returns the new adapter and the energy kept per layer."""
+    """Every layer refactored to at most `rank`; returns the new adapter and the energy kept per layer.
+
+    LoHa and LoKr layers become plain LoRA (LoCon) layers; a DoRA layer keeps its magnitude and stays DoRA."""
+    from sdlora.adapters.kinds import DoraLayer
+
     layers, kept = {}, {}
+    family = base_family(adapter)[0]
     for name, layer in adapter.layers.items():
-        layers[name], kept[name] = resize_layer(layer, rank)
+        if layer.kind in ("loha", "lokr"):
+            layers[name], kept[name] = lycoris_to_lora(layer, rank, _kernel(name, layer, family))
+        elif layer.kind == "dora":
+            lora, kept[name] = resize_layer(LoraLayer(layer.down, layer.up, layer.alpha), rank)
+            layers[name] = DoraLayer(lora.down, lora.up, lora.alpha, magnitude=layer.magnitude)
+        else:
+            layers[name], kept[name] = resize_layer(layer, rank)
     metadata = dict(adapter.metadata)
+    if any(layer.kind in ("loha", "lokr") for layer in adapter.layers.values()):
+        metadata.update(sdlora_network_type="lora", ss_network_module="networks.lora")
     ranks = {layer.rank for layer in layers.values()}
     alphas = {layer.alpha for layer in layers.values()}
     metadata["ss_network_dim"] = str(max(ranks))
@@ -135,13 +185,41 @@ def resize_adapter(adapter: Adapter, rank: int) -> tuple[Adapter, dict[str, floa
     return Adapter(layers=layers, metadata=metadata), kept
 
 
+def dylora_unit(adapter: Adapter) -> int:
+    """The rank step of a DyLoRA adapter, from sdlora's metadata or kohya's ss_network_args `unit` (default 1)."""
+    import json
+
+    if "sdlora_dylora_unit" in adapter.metadata:
+        return int(adapter.metadata["sdlora_dylora_unit"])
+    try:
+        return int(json.loads(adapter.metadata.get("ss_network_args", "{}")).get("unit", 1))
+    except (ValueError, AttributeError, TypeError):
+        return 1
+
+
+def truncate_adapter(adapter: Adapter, rank: int) -> Adapter:
+    """A DyLoRA adapter at rank `rank`: the first `rank` rows of each down and columns of each up, alpha kept (so
+    the scale is alpha/rank, as training at that rank used); no SVD (Valipour et al. 2023, sec. 3)."""
+    from sdlora.errors import SdloraError
+
+    unit, full = dylora_unit(adapter), max(adapter.ranks)
+    if rank % unit or rank > full:
+        raise SdloraError(f"--rank {rank}: a DyLoRA adapter of rank {full} (unit {unit}) truncates to a multiple of "
+                          f"{unit} up to {full}")
+    layers = {name: LoraLayer(down=layer.down[:rank].contiguous(), up=layer.up[:, :rank].contiguous(),
+                              alpha=layer.alpha) for name, layer in adapter.layers.items()}
+    metadata = {**adapter.metadata, "ss_network_dim": str(rank), "sdlora_truncated_from_rank": str(full)}
+    return Adapter(layers=layers, metadata=metadata, family=adapter.family)
+
+
 # Training metadata worth showing, in this order (kohya's ss_* names, then sdlora's own).
 TRAINING_KEYS = ("ss_output_name", "ss_sd_model_name", "ss_base_model_version", "ss_network_module", "ss_network_dim",
                  "ss_network_alpha", "ss_steps", "ss_max_train_steps", "ss_epoch", "ss_resolution",
                  "ss_num_train_images", "ss_batch_size_per_device", "ss_learning_rate", "ss_lr_scheduler",
                  "ss_optimizer", "ss_mixed_precision", "ss_seed", "ss_training_started_at",
                  "ss_training_finished_at", "sdlora_version", "sdlora_mode", "sdlora_base_model",
-                 "sdlora_lcm_scheduler", "sdlora_lcm_steps", "sdlora_lcm_guidance", "sdlora_resized_from_rank")
+                 "sdlora_lcm_scheduler", "sdlora_lcm_steps", "sdlora_lcm_guidance", "sdlora_resized_from_rank",
+                 "ss_network_args", "sdlora_dylora_unit", "sdlora_truncated_from_rank")
 
 
 def describe(adapter: Adapter) -> dict:
@@ -154,10 +232,12 @@ def describe(adapter: Adapter) -> dict:
         kinds[kind] = kinds.get(kind, 0) + 1
         component = name.split(".", 1)[0]
         components[component] = components.get(component, 0) + 1
-        layers.append({"name": name, "rank": layer.rank, "alpha": layer.alpha,
-                       "shape": [int(layer.up.shape[0]), *map(int, layer.down.shape[1:])],
+        shape = ([int(layer.up.shape[0]), *map(int, layer.down.shape[1:])] if layer.kind in ("lora", "dora")
+                 else [layer.out_features, layer.in_features])
+        layers.append({"name": name, "kind": layer.kind, "rank": layer.rank, "alpha": layer.alpha, "shape": shape,
                        "norm": float(spec.s.norm()), "effective_rank": spec.effective_rank()})
     return {
+        "network_type": adapter.network_type,
         "family": family,
         "family_source": family_source,
         "base_model": adapter.metadata.get("sdlora_base_model") or adapter.metadata.get("ss_sd_model_name"),

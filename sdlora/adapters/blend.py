@@ -4,7 +4,8 @@ The adapters go into the pipeline through diffusers' own mechanism (`load_lora_w
 `set_adapters(names, adapter_weights=...)`), so what a user sees here is what their own diffusers script gets:
 h = W0·x + Σ_i weight_i·(alpha_i/rank_i)·B_i·A_i·x. Each file is read and checked by `sdlora.adapters.io` first
 (so other tools' files, with keys diffusers would choke on, load too), then handed to diffusers in our diffusers
-format, which carries every layer's rank and alpha.
+format, which carries every layer's rank and alpha. LoHa and LoKr adapters, which diffusers does not read, are
+applied by `sdlora.adapters.apply` (forward hooks adding each layer's update) and weighted the same way.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Any
 
 import torch
 
+from sdlora.adapters.apply import AppliedAdapter
 from sdlora.adapters.check import check_fit, only
-from sdlora.adapters.io import read_adapter_file, save_adapter
+from sdlora.adapters.io import check_fully_read, read_adapter_file, save_adapter
+from sdlora.adapters.kinds import DIFFUSERS_KINDS
 from sdlora.errors import SdloraError
 from sdlora.models.loading import quiet_loading
 from sdlora.hashing import file_sha256  # noqa: F401  (serving.py and batched.py take it from here too)
@@ -112,6 +115,7 @@ class AdapterBlender:
         self.pipe = pipe
         self.adapters: dict[str, LoadedAdapter] = {}  # by sha256
         self.weights: dict[str, float] = {}  # by adapter name; only non-zero weights are active
+        self.hooked: dict = {}  # LoHa/LoKr adapters by name: AppliedAdapter, outside diffusers' LoRA layers
         self._base_scheduler = pipe.scheduler
         pipe.set_progress_bar_config(disable=True)
 
@@ -123,6 +127,7 @@ class AdapterBlender:
             if cached:
                 return cached
         found = read_adapter_file(path)  # checks the file and says what it is when it is not a SD LoRA
+        check_fully_read(found)
         self._check_family(found)
         # Shapes against the model; layers the model lacks (or the reader could not place): a warning.
         fit = check_fit(found.adapter, self.pipe, str(path), skipped_keys=found.skipped_keys)
@@ -131,6 +136,10 @@ class AdapterBlender:
         if sha in self.adapters:
             return self.adapters[sha]
         loaded = LoadedAdapter(name=f"lora_{sha[:16]}", path=path, sha256=sha, metadata=found.adapter.metadata)
+        if {layer.kind for layer in found.adapter.layers.values()} - set(DIFFUSERS_KINDS):
+            self.hooked[loaded.name] = AppliedAdapter(self.pipe, adapter, 0.0, str(path))
+            self.adapters[sha] = loaded
+            return loaded
         with tempfile.TemporaryDirectory(prefix="sdlora-blend-") as tmp:
             normalised = save_adapter(adapter, Path(tmp) / "adapter.safetensors", fmt="diffusers", dtype=None)
             with quiet_loading():  # diffusers' per-file progress bar: our own output says what loaded
@@ -160,13 +169,15 @@ class AdapterBlender:
         self._apply()
 
     def _apply(self) -> None:
-        if not self.weights:
+        for name, applied in self.hooked.items():
+            applied.set_weight(self.weights.get(name, 0.0))
+        names = [name for name in self.weights if name not in self.hooked]
+        if not names:
             # Weight 0 everywhere: the LoRA layers are bypassed, so the image is exactly the base model's.
-            if self.adapters:
+            if any(a.name not in self.hooked for a in self.adapters.values()):
                 self.pipe.disable_lora()
             return
         self.pipe.enable_lora()
-        names = list(self.weights)
         self.pipe.set_adapters(names, adapter_weights=[self.weights[n] for n in names])
 
     @property

@@ -91,7 +91,8 @@ def check_fit(adapter: Adapter, pipe: Any, source: str, warn: bool = True, skipp
             fit.unmatched.append(name)
             continue
         shape = delta_shape(layer)
-        if tuple(weight.shape) != shape:
+        flattened = getattr(layer, "kind", "lora") in ("loha", "lokr")  # their conv factors hold the kernel flat
+        if tuple(weight.shape) != shape and not (flattened and shape == (weight.shape[0], weight[0].numel())):
             raise SdloraError(f"{source}: layer {name} has shape {shape} but the model's weight is "
                               f"{tuple(weight.shape)}; the adapter was made for another base model")
         fit.matched.append(name)

@@ -21,6 +21,7 @@ import re
 import torch
 
 from sdlora.adapters import sgm
+from sdlora.adapters.kinds import KINDS, layer_from_parts
 from sdlora.adapters.state import LoraLayer
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -41,7 +42,11 @@ CLIP_ATOMS = {
 KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
                   "lora_te2_": "text_encoder_2"}
 KOHYA_SUFFIXES = {".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha"}
-PEFT_SUFFIXES = {".lora_A.weight": "down", ".lora_B.weight": "up", ".alpha": "alpha"}
+# Every kind's key suffixes (LoRA, DoRA's dora_scale, LoHa's hada_*, LoKr's lokr_*), longest first.
+ALL_KOHYA_SUFFIXES = dict(sorted({s: p for cls in KINDS.values() for s, p in cls.KOHYA_PARTS.items()}.items(),
+                                 key=lambda kv: -len(kv[0])))
+PEFT_SUFFIXES = {".lora_A.weight": "down", ".lora_B.weight": "up", ".alpha": "alpha",
+                 ".lora_magnitude_vector": "magnitude"}
 PEFT_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 # The PEFT LoraConfig fields diffusers reads from a file's `lora_adapter_metadata`, per component prefix.
 PEFT_CONFIG_KEYS = ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern")
@@ -144,10 +149,24 @@ def to_kohya(layers: dict[str, LoraLayer], dtype: torch.dtype | None, sdxl: bool
     state = {}
     for name, layer in layers.items():
         stem = name_to_kohya_stem(name, sdxl)
+        if layer.kind != "lora":
+            state.update(_kohya_parts(stem, layer, dtype))
+            continue
         down, up = _cast(layer.down, dtype), _cast(layer.up, dtype)
         state[stem + ".lora_down.weight"] = down
         state[stem + ".lora_up.weight"] = up
         state[stem + ".alpha"] = _alpha_tensor(layer.alpha, down.dtype)
+    return state
+
+
+def _kohya_parts(stem: str, layer, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """The keys of a DoRA, LoHa or LoKr layer, by the suffixes its kind declares (`KOHYA_PARTS`)."""
+    tensors = layer.tensors()
+    if layer.kind == "dora":  # LyCORIS' dora_scale: m shaped [out, 1, ...], a norm per output channel
+        tensors["magnitude"] = tensors["magnitude"].reshape(-1, *[1] * (layer.down.dim() - 1))
+    state = {stem + suffix: _cast(tensors[part], dtype) for suffix, part in layer.KOHYA_PARTS.items()
+             if part in tensors}
+    state[stem + ".alpha"] = _alpha_tensor(layer.alpha, next(iter(state.values())).dtype)
     return state
 
 
@@ -168,6 +187,9 @@ def to_peft(layers: dict[str, LoraLayer], dtype: torch.dtype | None) -> tuple[di
         component, path = _peft_path(name)
         state[f"{component}.{path}.lora_A.weight"] = _cast(layer.down, dtype)
         state[f"{component}.{path}.lora_B.weight"] = _cast(layer.up, dtype)
+        if layer.kind == "dora":  # peft's magnitude: [out] for a Linear, [1, out, 1, 1] for a Conv2d
+            shape = (-1,) if layer.down.dim() == 2 else (1, -1, 1, 1)
+            state[f"{component}.{path}.lora_magnitude_vector"] = _cast(layer.magnitude.reshape(shape), dtype)
     config = {}
     for component in PEFT_COMPONENTS:
         prefix = component + "."
@@ -189,7 +211,9 @@ def peft_config(layers: dict[str, LoraLayer], clip: bool) -> dict:
 
     r = _most_common(layer.rank for layer in layers.values())
     alpha = _most_common(float(layer.alpha) for layer in layers.values())
+    dora = {"use_dora": True} if any(layer.kind == "dora" for layer in layers.values()) else {}
     return {
+        **dora,
         "r": r,
         "lora_alpha": alpha,
         "target_modules": sorted(module(p) for p in layers),
@@ -228,24 +252,21 @@ def _group(state: dict[str, torch.Tensor], suffixes: dict[str, str]) -> tuple[di
 
 
 def _layer(parts: dict) -> LoraLayer | None:
-    if "down" not in parts or "up" not in parts:
-        return None
-    down, up = parts["down"], parts["up"]
     # A file with no alpha means alpha = rank (scale 1), as kohya and diffusers both read it.
-    alpha = float(parts["alpha"].float().item()) if "alpha" in parts else float(down.shape[0])
-    return LoraLayer(down=down, up=up, alpha=alpha)
+    return layer_from_parts(parts)
 
 
 def from_kohya(state: dict[str, torch.Tensor]) -> tuple[dict[str, LoraLayer], list[str]]:
-    """Layers of a kohya state dict, and the keys skipped (unknown names, LyCORIS/DoRA parts, lone halves)."""
-    groups, unknown = _group(state, KOHYA_SUFFIXES)
+    """Layers of a kohya state dict (LoRA/LoCon, DoRA, LoHa, LoKr), and the keys skipped (unknown names, Tucker
+    parts, lone halves or mixed kinds of one module)."""
+    groups, unknown = _group(state, ALL_KOHYA_SUFFIXES)
     layers = {}
     for stem, parts in groups.items():
         name = kohya_stem_to_name(stem)
         layer = _layer(parts)
         if name is None or layer is None or any(key.startswith(stem + ".") for key in unknown):
             # e.g. a Tucker-decomposed LoCon layer (`lora_mid`): its down/up alone would be a wrong layer.
-            unknown += [stem + s for s, part in KOHYA_SUFFIXES.items() if part in parts]
+            unknown += [stem + s for s, part in ALL_KOHYA_SUFFIXES.items() if part in parts and stem + s in state]
             continue
         layers[name] = layer
     return layers, sorted(unknown)
@@ -258,6 +279,8 @@ def from_peft(state: dict[str, torch.Tensor], config: dict | None) -> tuple[dict
     layers = {}
     for stem, parts in groups.items():
         component, _, path = stem.removeprefix("base_model.model.").partition(".")
+        if "magnitude" in parts:
+            parts["magnitude"] = parts["magnitude"].reshape(-1)
         layer = _layer(parts)
         if component not in PEFT_COMPONENTS or not path or layer is None:
             unknown += [stem + s for s, part in PEFT_SUFFIXES.items() if part in parts]

@@ -60,6 +60,7 @@ def save_adapter(adapter: Adapter, path: Path | str, fmt: str = "kohya", dtype: 
     if fmt == "kohya":
         state = formats.to_kohya(adapter.layers, torch_dtype, sdxl=adapter.is_sdxl)
     else:
+        _check_diffusers_kinds(adapter, path)
         state, config = formats.to_peft(adapter.layers, torch_dtype)
         metadata[PEFT_METADATA_KEY] = json.dumps(config, indent=2, sort_keys=True)
     from safetensors.torch import save_file
@@ -106,6 +107,21 @@ def read_adapter_file(path: Path | str) -> AdapterFile:
     check_values(adapter, str(path))
     dtypes = {str(t.dtype).removeprefix("torch.") for key, t in state.items() if key not in skipped}
     return AdapterFile(adapter, fmt, path, dtypes, skipped)
+
+
+# Key fragments of LyCORIS layers sdlora does not read (Tucker cores, other algorithms): a file that has them is
+# only partly read, which merge and the Preview refuse rather than apply half an adapter.
+LYCORIS_FRAGMENTS = ("hada_", "lokr_", "lora_mid", "dora_scale", "oft_", "on_input", ".diff", ".w_norm", ".b_norm",
+                     "a1.weight", "glora_", "ia3")
+
+
+def check_fully_read(found: AdapterFile) -> None:
+    """SdloraError naming the first key of a LyCORIS layer that `found` could not read (mixed or unknown parts)."""
+    for key in found.skipped_keys:
+        if any(fragment in key for fragment in LYCORIS_FRAGMENTS):
+            raise SdloraError(f"{found.path}: key {key} is a LyCORIS part sdlora cannot read (a Tucker core, another "
+                              f"algorithm, or parts of two kinds on one module); sdlora reads LoRA/LoCon, DoRA, LoHa "
+                              f"and LoKr layers without Tucker decomposition")
 
 
 def detect_format(state: dict[str, torch.Tensor]) -> str:
@@ -175,8 +191,27 @@ def _refuse_non_lora(path: Path, state: dict[str, torch.Tensor]) -> None:
                               f"cannot use it with an SD model")
 
 
+def _check_diffusers_kinds(adapter: Adapter, path: Path | str) -> None:
+    """diffusers' loaders read LoRA and DoRA only: a LoHa/LoKr file in its format would load nowhere."""
+    from sdlora.adapters.kinds import DIFFUSERS_KINDS
+
+    other = sorted({layer.kind for layer in adapter.layers.values()} - set(DIFFUSERS_KINDS))
+    if other:
+        raise SdloraError(f"{path}: a {'/'.join(k.upper() for k in other)} adapter has no diffusers format "
+                          f"(diffusers' load_lora_weights reads LoRA and DoRA only); save it as kohya (save.format: "
+                          f"kohya, --to kohya) and apply it with sdlora.adapters.apply_adapter(pipe, FILE)")
+
+
 def _check_shapes(path: Path, layers) -> None:
     for name, layer in layers.items():
+        if layer.kind in ("loha", "lokr"):
+            try:
+                layer.matrix()
+            except RuntimeError:
+                raise SdloraError(f"{path}: layer {name}'s {layer.kind} factors do not fit together "
+                                  f"({', '.join(f'{k} {tuple(t.shape)}' for k, t in layer.tensors().items())}); "
+                                  f"the file is damaged") from None
+            continue
         down, up = layer.down, layer.up
         if down.dim() not in (2, 4) or up.dim() != down.dim() or up.shape[1] != down.shape[0]:
             raise SdloraError(f"{path}: layer {name} has down {tuple(down.shape)} and up {tuple(up.shape)}, which "

@@ -43,7 +43,8 @@ def merge_into(pipe: Any, adapters: Iterable[tuple[Adapter, float]], sources: li
         source = sources[i] if sources else "adapter"
         check_values(adapter, source)
         for name in check_fit(adapter, pipe, source).matched:  # layers the model lacks: a warning, left out
-            delta = weight * adapter.layers[name].delta_weight()
+            # Each kind's own update (sdlora.adapters.kinds); DoRA's depends on the base weight it rescales.
+            delta = adapter.layers[name].merge_delta(find_module(pipe, name).weight.detach().cpu(), weight)
             deltas[name] = deltas[name] + delta if name in deltas else delta
     with torch.no_grad():
         for name, delta in deltas.items():
@@ -57,7 +58,7 @@ def merge(model: str, loras: Iterable[tuple[Path | str, float]], out_dir: Path |
     """Load `model` ('tiny' or a diffusers folder), merge the weighted LoRA files, save a diffusers folder."""
     from sdlora.adapters.blend import check_weight
     from sdlora.adapters.check import check_fit, only
-    from sdlora.adapters.io import read_adapter_file
+    from sdlora.adapters.io import check_fully_read, read_adapter_file
     from sdlora.models.loading import load_pipeline
     from sdlora.models.storage import save_pipeline_folder
 
@@ -65,6 +66,8 @@ def merge(model: str, loras: Iterable[tuple[Path | str, float]], out_dir: Path |
     if not loras:
         raise SdloraError("merge: no LoRA given; name at least one with --lora FILE[:WEIGHT]")
     found = [(read_adapter_file(path), check_weight(weight, str(path))) for path, weight in loras]
+    for file, _ in found:
+        check_fully_read(file)  # a LyCORIS layer it could not read: refused, never half an adapter merged
     pipe = load_pipeline(model)
     pairs = []
     for (path, _), (file, weight) in zip(loras, found):

@@ -29,6 +29,9 @@ class LoraLayer:
     up: torch.Tensor
     alpha: float
 
+    kind = "lora"  # the other kinds (DoRA, LoHa, LoKr) are in sdlora.adapters.kinds
+    KOHYA_PARTS = {".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha"}
+
     @property
     def rank(self) -> int:
         return int(self.down.shape[0])
@@ -48,12 +51,34 @@ class LoraLayer:
         flat = up.reshape(out_ch, self.rank) @ down.reshape(self.rank, -1)
         return self.scale * flat.reshape(out_ch, *down.shape[1:])
 
+    # The interface every layer kind has (sdlora.adapters.kinds): tensors, dW as a matrix, its effect on a base.
+    @property
+    def out_features(self) -> int:
+        return int(self.up.shape[0])
+
+    @property
+    def in_features(self) -> int:
+        return int(self.down[0].numel())
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"down": self.down, "up": self.up}
+
+    def matrix(self) -> torch.Tensor:
+        return self.delta_weight().reshape(self.out_features, -1)
+
+    def merge_delta(self, base: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+        """What adding this layer at `weight` does to the base weight `base` (fp32, shaped like it)."""
+        return weight * self.delta_weight().reshape(base.shape)
+
+    def num_parameters(self) -> int:
+        return self.down.numel() + self.up.numel()
+
 
 @dataclass
 class Adapter:
     """A whole adapter: its layers by dotted module path, and its metadata (all strings, as safetensors wants)."""
 
-    layers: dict[str, LoraLayer] = field(default_factory=dict)
+    layers: dict[str, LoraLayer] = field(default_factory=dict)  # or any kind of sdlora.adapters.kinds
     metadata: dict[str, str] = field(default_factory=dict)
     family: str | None = None  # "sdxl" when the file's key names said so (decides kohya's UNet naming)
 
@@ -74,4 +99,12 @@ class Adapter:
         return {name[len(prefix):]: layer for name, layer in self.layers.items() if name.startswith(prefix)}
 
     def num_parameters(self) -> int:
-        return sum(layer.down.numel() + layer.up.numel() for layer in self.layers.values())
+        return sum(layer.num_parameters() for layer in self.layers.values())
+
+    @property
+    def network_type(self) -> str:
+        """lora | dora | loha | lokr | dylora (a DyLoRA file is LoRA layers; its metadata says what it is)."""
+        kinds = {layer.kind for layer in self.layers.values()}
+        if kinds == {"lora"} and self.metadata.get("sdlora_network_type") == "dylora":
+            return "dylora"
+        return "+".join(sorted(kinds)) if kinds else "lora"

@@ -37,6 +37,7 @@ def render(report: dict) -> str:
     lines = [
         f"file        {report['path']} ({report['file_size']:,} bytes)",
         f"format      {report['format']} ({', '.join(report['dtypes'])})",
+        f"type        {report['network_type']}",
         f"family      {report['family']} (from {report['family_source']})"
         + (f", base model {report['base_model']}" if report["base_model"] else ""),
         f"layers      {report['num_layers']} ("

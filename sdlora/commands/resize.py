@@ -1,4 +1,5 @@
-"""`sdlora resize FILE --rank R --out OUT`: the best rank-R LoRA for each layer (truncated SVD of dW)."""
+"""`sdlora resize FILE --rank R --out OUT`: the best rank-R LoRA for each layer (truncated SVD of dW); a DyLoRA
+file is truncated instead (its first R rows are the rank-R adapter it was trained to hold)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,19 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from sdlora.adapters.analysis import resize_adapter
+    from sdlora.adapters.analysis import resize_adapter, truncate_adapter
     from sdlora.adapters.io import read_adapter_file, save_adapter
     from sdlora.errors import SdloraError
 
     if args.rank < 1:
         raise SdloraError(f"--rank {args.rank}: the rank must be a positive whole number")
     found = read_adapter_file(args.file)
+    if found.adapter.network_type == "dylora":
+        truncated = truncate_adapter(found.adapter, args.rank)
+        save_adapter(truncated, args.out, fmt=found.format, dtype=None)
+        print(f"{args.out}: DyLoRA truncated from rank {max(found.adapter.ranks)} to {args.rank} (first {args.rank} "
+              f"rows and columns, scale alpha/{args.rank}; no SVD), {len(truncated.layers)} layers")
+        return 0
     resized, kept = resize_adapter(found.adapter, args.rank)
     save_adapter(resized, args.out, fmt=found.format, dtype=None)
     width = max(len(name) for name in kept)

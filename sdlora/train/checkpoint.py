@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sdlora import __version__
+from sdlora.adapters.kinds import DoraLayer, LohaLayer, LokrLayer
 from sdlora.adapters.state import Adapter, LoraLayer
 from sdlora.train.killpoints import kill_point
 
@@ -45,16 +46,33 @@ class Checkpoint:
 def _adapter_tensors(adapter: Adapter) -> dict[str, torch.Tensor]:
     tensors = {}
     for name, layer in adapter.layers.items():
-        tensors[f"{name}.down"] = layer.down.contiguous()
-        tensors[f"{name}.up"] = layer.up.contiguous()
+        for part, tensor in layer.tensors().items():  # down/up; DoRA + magnitude; LoHa/LoKr their factors
+            tensors[f"{name}.{part}"] = tensor.contiguous()
         tensors[f"{name}.alpha"] = torch.tensor(float(layer.alpha), dtype=torch.float64)
+        if layer.kind == "lokr":
+            tensors[f"{name}.rank"] = torch.tensor(layer.rank, dtype=torch.int64)
     return tensors
 
 
+def _layer_from_tensors(parts: dict[str, torch.Tensor]):
+    alpha = parts.pop("alpha").item()
+    if "rank" in parts:
+        rank = int(parts.pop("rank").item())
+        return LokrLayer(**{p: parts.get(p) for p in ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b")}, alpha=alpha,
+                         rank=rank)
+    if "w1_a" in parts:
+        return LohaLayer(**parts, alpha=alpha)
+    if "magnitude" in parts:
+        return DoraLayer(parts["down"], parts["up"], alpha, magnitude=parts["magnitude"])
+    return LoraLayer(parts["down"], parts["up"], alpha)
+
+
 def _adapter_from_tensors(tensors: dict[str, torch.Tensor]) -> Adapter:
-    names = {k.rsplit(".", 1)[0] for k in tensors}
-    return Adapter(layers={n: LoraLayer(tensors[f"{n}.down"], tensors[f"{n}.up"], tensors[f"{n}.alpha"].item())
-                           for n in sorted(names)})
+    layers: dict[str, dict] = {}
+    for key, tensor in tensors.items():
+        name, part = key.rsplit(".", 1)
+        layers.setdefault(name, {})[part] = tensor
+    return Adapter(layers={n: _layer_from_tensors(layers[n]) for n in sorted(layers)})
 
 
 def save_checkpoint(folder: Path, step: int, adapter: Adapter, optimizer, lr_scheduler, bad_steps: int,

@@ -49,6 +49,7 @@ def adapter_metadata(config: Config, *, family: str, prediction_type: str, num_i
         "sdlora_base_model": str(config.model),
         "sdlora_config": config.to_json(),
     }
+    meta.update(network_type_metadata(network))
     meta.update(recipe_metadata(config))
     if config.mode == "lcm":
         # What an LCM adapter wants at inference (LCM-LoRA, Luo et al. 2023, sec. 4): few steps, low guidance.
@@ -57,6 +58,31 @@ def adapter_metadata(config: Config, *, family: str, prediction_type: str, num_i
                      # distilled on, and use the same boundary-condition scaling.
                      "sdlora_lcm_original_steps": str(config.lcm.num_ddim_timesteps),
                      "sdlora_lcm_timestep_scaling": str(config.lcm.timestep_scaling)})
+    return meta
+
+
+def network_type_metadata(network) -> dict[str, str]:
+    """`sdlora_network_type`, and `ss_network_module`/`ss_network_args` as kohya and LyCORIS write them: LoHa, LoKr
+    and DoRA are LyCORIS' `lycoris.kohya` with an `algo` (DoRA: locon + dora_wd), DyLoRA kohya's networks.dylora."""
+    args = {"targets": list(network.targets)}
+    if network.conv_rank is not None or network.conv_alpha is not None:
+        args.update(conv_dim=str(network.effective_conv_rank), conv_alpha=str(network.effective_conv_alpha))
+    module = "networks.lora"
+    if network.type in ("loha", "lokr", "dora"):
+        module = "lycoris.kohya"
+        args["algo"] = "locon" if network.type == "dora" else network.type
+        if network.type == "dora":
+            args["dora_wd"] = "True"
+        if network.type == "lokr":
+            args["factor"] = str(network.lokr_factor)
+    elif network.type == "dylora":
+        module = "networks.dylora"
+        args["unit"] = str(network.dylora_unit)
+    meta = {"sdlora_network_type": network.type, "ss_network_args": json.dumps(args)}
+    if module != "networks.lora":
+        meta["ss_network_module"] = module
+    if network.type == "dylora":
+        meta["sdlora_dylora_unit"] = str(network.dylora_unit)
     return meta
 
 

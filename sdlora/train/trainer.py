@@ -22,7 +22,7 @@ from sdlora.diskspace import reporting_disk_full
 from sdlora.data import SampleKey, TrainDataset, build_dataset, collate
 from sdlora.errors import SdloraError
 from sdlora.events import EventBus
-from sdlora.network import count_parameters, extract_adapter, load_into, lora_parameters
+from sdlora.network import count_parameters, dylora_ranks, extract_adapter, load_into, lora_parameters
 from sdlora.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from sdlora.train.compiled import compile_step_model, mark_step_begin, use_compile, use_cuda_graphs
 from sdlora.train.distributed import GradientSync, any_process, is_distributed, mean_across_processes
@@ -166,6 +166,7 @@ class Trainer:
         if cfg.train.gradient_checkpointing:
             c.unet.enable_gradient_checkpointing()
         c.unet.to(self.device).train()
+        self.dylora = dylora_ranks(c.unet, cfg.network)  # network.type dylora: a random rank per step
         if cfg.train.base_precision == "fp8":  # the LoRA is in (setup_model): peft's frozen base layers go float8
             convert_frozen_linears(c.unet)
         self.memory_watch = memory_watch(self.device, cfg.train)
@@ -359,6 +360,8 @@ class Trainer:
             torch.manual_seed(step_seed(train.seed, step, salt=1))  # LoRA dropout and anything global
             # Rank 0 draws what a single-process run draws; other ranks draw their own noise for their slice.
             generator.manual_seed(step_seed(train.seed, step, salt=0 if self.rank == 0 else 1000 + self.rank))
+            if self.dylora:
+                self.dylora.begin_step()  # this step trains the first b rows of every LoRA layer
             # With CUDA graphs the gradient buffers are the trainer's own and are zeroed in place (compiled.py).
             self.optimizer.zero_grad(set_to_none=self.grad_sync is None)
             step_loss = torch.zeros((), device=self.device)
@@ -390,6 +393,8 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update()
             self.lr_scheduler.step()
+            if self.dylora:
+                self.dylora.end_step()
             pending.append((step, step_loss))
             # Under data parallelism a stop request is agreed on at the next report window (any_process), so
             # every process stops after the same step.
