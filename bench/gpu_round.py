@@ -111,12 +111,12 @@ def stage_rates(_args) -> dict:
 
     def bf16():
         calls[0] += 1
-        a, b = pairs[calls[0] % 3]
+        a, b = pairs[calls[0] % 3]  # noqa: F821  (called before the `del` below)
         return a @ b
 
     def fp8():
         calls[0] += 1
-        (a, sa), (b, sb) = quant[calls[0] % 3]
+        (a, sa), (b, sb) = quant[calls[0] % 3]  # noqa: F821  (called before the `del` below)
         return torch._scaled_mm(a, b.t(), scale_a=sa, scale_b=sb.t(), out_dtype=torch.bfloat16)
 
     ms = _median_ms(bf16)
@@ -391,7 +391,7 @@ def main() -> None:
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(left - 5, 10))
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            line = next((out for out in proc.stdout.splitlines() if out.startswith("RESULT ")), None)
             if proc.returncode == 0 and line:
                 entry = {"status": "ok", "result": json.loads(line[7:])}
             else:

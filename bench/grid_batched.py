@@ -81,7 +81,7 @@ def main() -> int:
     import torch
 
     from sdlora.adapters import AdapterBlender
-    from sdlora.adapters.formats import DTYPES
+    from sdlora.lora.formats import DTYPES
     from sdlora.adapters.serving import BatchGenerator, Request
     from sdlora.commands.generate import parse_size
     from sdlora.models.loading import load_pipeline

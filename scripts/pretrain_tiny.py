@@ -26,7 +26,6 @@ import math
 import os
 import sys
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 

@@ -447,8 +447,8 @@ def _network_type_checks(cfg: Config) -> None:
             raise SdloraError(f"network.rank {net.rank} is not a multiple of network.dylora_unit {net.dylora_unit}; "
                               f"DyLoRA truncates in steps of the unit")
         if net.conv_rank is not None and net.conv_rank != net.rank:
-            raise SdloraError(f"network.conv_rank must equal network.rank for network.type dylora (one rank to "
-                              f"truncate), or be left out")
+            raise SdloraError("network.conv_rank must equal network.rank for network.type dylora (one rank to "
+                              "truncate), or be left out")
     if net.type in ("loha", "lokr") and net.dropout:
         raise SdloraError(f"network.dropout applies to network.type lora/dora/dylora ({kind}: LyCORIS has no input "
                           f"dropout for it); set network.dropout 0")

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from sdlora.adapters.formats import clip_model_path
-from sdlora.adapters.kinds import DoraLayer, LohaLayer, LokrLayer
-from sdlora.adapters.state import Adapter, LoraLayer
+from sdlora.lora.formats import clip_model_path
+from sdlora.lora.kinds import DoraLayer, LohaLayer, LokrLayer
+from sdlora.lora.state import Adapter, LoraLayer
 from sdlora.config import NetworkConfig
 from sdlora.errors import SdloraError
 

@@ -113,11 +113,3 @@ def write_rotated(path: Path, side: int = 64) -> Path:
     exif[EXIF_ORIENTATION] = 6
     return save(img, path, "rotated", exif=exif.tobytes(), quality=95)
 
-
-def write_jpegs(folder: Path, count: int, size_wh: tuple[int, int] = (512, 512), caption: str = "a photo") -> Path:
-    """`count` smooth JPEGs (like photos to the decoder) with captions."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        gradient(size_wh, seed=i).save(folder / f"{i:04d}.jpg", quality=90)
-        (folder / f"{i:04d}.txt").write_text(f"{caption} {i}, tag{i % 7}, shared tag", encoding="utf-8")
-    return folder

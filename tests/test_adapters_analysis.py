@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from sdlora.adapters.analysis import (base_family, describe, module_kind, resize_adapter, resize_layer, spectrum)
-from sdlora.adapters.state import Adapter, LoraLayer
+from sdlora.lora.state import Adapter, LoraLayer
 
 
 def orthonormal(n: int, k: int, seed: int) -> torch.Tensor:

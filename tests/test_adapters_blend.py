@@ -92,7 +92,7 @@ def test_an_lcm_adapter_supplies_scheduler_steps_and_guidance(files):
 
 
 def test_merged_model_gives_the_image_of_the_live_blend(files, tmp_path):
-    (style, style_path), (subject, subject_path) = files["style"], files["subject"]
+    (_, style_path), (_, subject_path) = files["style"], files["subject"]
     out = merge("tiny", [(style_path, 0.8), (subject_path, 1.5)], tmp_path / "merged")
     merged = load_pipeline(str(out))
     blender = AdapterBlender(tiny_pipeline())

@@ -1,4 +1,4 @@
-"""sdlora.adapters.check: a broken or mismatched adapter is refused by every command and the Preview tab, naming
+"""sdlora.lora.check: a broken or mismatched adapter is refused by every command and the Preview tab, naming
 the tensor or layer, before it can make a garbage image or a model full of NaN (issue #15, case 7)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from sdlora.adapters import save_adapter
-from sdlora.adapters.check import check_fit, check_values, delta_shape, layer_tensors
+from sdlora.lora.check import check_fit, check_values, delta_shape, layer_tensors
 from sdlora.adapters.merge import merge_into
-from sdlora.adapters.state import Adapter, LoraLayer
+from sdlora.lora.state import Adapter, LoraLayer
 from sdlora.cli import main
 from sdlora.errors import SdloraError
 from test_adapters_fixtures import tiny_pipeline

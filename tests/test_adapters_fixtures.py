@@ -10,7 +10,7 @@ import functools
 
 import torch
 
-from sdlora.adapters.state import Adapter, LoraLayer
+from sdlora.lora.state import Adapter, LoraLayer
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 

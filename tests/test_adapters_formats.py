@@ -14,7 +14,7 @@ from test_adapters_fixtures import (ATTENTION, apply_by_hand, make_adapter, modu
                                     tiny_pipeline, unet_output)
 
 from sdlora.adapters import load_adapter, read_adapter_file, save_adapter
-from sdlora.adapters.formats import kohya_stem_to_name, name_to_kohya_stem
+from sdlora.lora.formats import kohya_stem_to_name, name_to_kohya_stem
 from sdlora.errors import SdloraError
 
 TEXT_ALL = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sdlora.adapters import load_adapter, save_adapter
-from sdlora.adapters.state import Adapter, LoraLayer
+from sdlora.lora.state import Adapter, LoraLayer
 from sdlora.cli import main
 
 META = {"ss_steps": "250", "ss_resolution": "(64, 64)", "ss_num_train_images": "12", "sdlora_mode": "standard",
@@ -66,7 +66,7 @@ def test_inspect_json_numbers_match_a_hand_computation(tmp_path, capsys):
     assert code == 0 and report["format"] == "kohya" and report["dtypes"] == ["float32"]
     assert report["family"] == "sd1" and report["base_model"] == "tiny"
     assert report["ranks"] == [8] and report["alphas"] == [1.0, 4.0, 8.0]
-    assert report["num_parameters"] == sum(l.down.numel() + l.up.numel() for l in adapter.layers.values())
+    assert report["num_parameters"] == sum(layer.down.numel() + layer.up.numel() for layer in adapter.layers.values())
     assert report["file_size"] == path.stat().st_size
     assert report["targets"] == {"attn2.to_k": 1, "conv1": 1, "self_attn.q_proj": 1}
     assert report["training"]["ss_steps"] == "250" and report["training"]["ss_num_train_images"] == "12"

@@ -40,7 +40,7 @@ def test_each_broken_file_is_skipped_once_with_its_reason(tmp_path):
     for name, fragment in expected.items():
         assert fragment in skipped[name], (name, skipped[name])
         assert sum(name in m and fragment in m for m in messages) == 1, (name, messages)
-    assert any(f"7 of 8 image file(s) skipped, 1 used" in m for m in messages)
+    assert any("7 of 8 image file(s) skipped, 1 used" in m for m in messages)
 
 
 def test_all_broken_folder_is_a_user_error_naming_the_folder(tmp_path):

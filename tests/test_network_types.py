@@ -4,7 +4,6 @@ in every tool (merge, apply, inspect, resize, truncate); bad options are one-lin
 from __future__ import annotations
 
 import copy
-import types
 
 import pytest
 import torch
@@ -108,7 +107,7 @@ def test_lycoris_library_reads_our_files_with_the_same_weights(pipe, tmp_path, n
     an oracle: its modules built from our kohya file give the same merged weights. LoKr rank 4 has low-rank w2
     factors on the tiny model's 128-wide layers; at rank 16 every layer has both factors full (scale 1)."""
     wrapper = pytest.importorskip("lycoris.wrapper")
-    from sdlora.adapters.formats import kohya_stem_to_name
+    from sdlora.lora.formats import kohya_stem_to_name
 
     live = trained_pipe(pipe, network_type, rank=rank)
     path = file_of(live, tmp_path, network_type)

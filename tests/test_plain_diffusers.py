@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from sdlora.adapters.io import save_adapter
+from sdlora.lora.io import save_adapter
 from tests.test_adapters_fixtures import ATTENTION, make_adapter, tiny_pipeline
 
 

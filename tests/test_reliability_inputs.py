@@ -3,7 +3,6 @@ files cannot drive the terminal (issue #15, cases 6, 8, 10, 11 and the small one
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -227,7 +226,7 @@ def test_torn_last_event_line_is_skipped_and_the_next_writer_starts_a_fresh_line
 def test_checkpoint_files_are_fsynced_before_the_rename(tmp_path, monkeypatch):
     """Power loss: the folder is renamed into place only once every file in it (and the folder) is on the disk."""
     import sdlora.train.checkpoint as ckpt
-    from sdlora.adapters.state import Adapter
+    from sdlora.lora.state import Adapter
 
     log: list[tuple[str, Path]] = []
     real_fsync, real_rename = ckpt._fsync, Path.rename

@@ -5,7 +5,6 @@ diffusers' StableDiffusionXLPipeline, and `sdlora generate`."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from conftest import make_shape_folder, write_preset
 from safetensors import safe_open
 
 from sdlora.adapters import load_adapter, save_adapter
-from sdlora.adapters.formats import kohya_stem_to_name, name_to_kohya_stem
+from sdlora.lora.formats import kohya_stem_to_name, name_to_kohya_stem
 from sdlora.cli import main
 
 # Exact kohya sd-scripts names for SDXL base modules (SGM layout; te1/te2 for the two text encoders).
@@ -197,7 +196,7 @@ def test_the_adapter_loads_in_diffusers_sdxl_pipeline_and_reproduces_the_trained
 def test_sdxl_key_names_round_trip_kohya_diffusers_bit_exact(sdxl_run, tmp_path):
     from safetensors.torch import load_file
 
-    from sdlora.adapters.state import LoraLayer
+    from sdlora.lora.state import LoraLayer
 
     adapter = load_adapter(sdxl_run["run"] / "xl.safetensors")
     gen = torch.Generator().manual_seed(0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -107,7 +106,7 @@ def test_text_encoder_lora_trains_with_its_own_lr_and_bypasses_the_text_cache(tr
 
 
 def test_adapter_with_text_encoder_loads_in_diffusers_and_reproduces_both(trained, tmp_path):
-    from sdlora.adapters.io import load_adapter, save_adapter
+    from sdlora.lora.io import load_adapter, save_adapter
     from sdlora.models import load_pipeline
 
     trainer, result, _, _ = trained

@@ -34,7 +34,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from sdlora.adapters.io import save_adapter
+    from sdlora.lora.io import save_adapter
     from sdlora.models import load_components
 
     project = tmp_path_factory.mktemp("api")

@@ -11,7 +11,7 @@ from ui.preview_engine import GenParams, PreviewEngine, adapter_mode
 
 @pytest.fixture(scope="module")
 def adapter_files(tmp_path_factory):
-    from sdlora.adapters.io import save_adapter
+    from sdlora.lora.io import save_adapter
     from sdlora.models import load_components
 
     folder = tmp_path_factory.mktemp("adapters")

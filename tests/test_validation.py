@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sdlora.config import DataConfig, config_from_dict
+from sdlora.config import config_from_dict
 from sdlora.data import build_dataset
 from sdlora.train.validation import split_validation
 

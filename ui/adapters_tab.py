@@ -23,7 +23,7 @@ from ui.preview_tab import find_adapters
 def inspect_report(path: Path) -> tuple[str, str]:
     """(summary HTML, chart SVG) for an adapter file: what `sdlora inspect` prints."""
     from sdlora.adapters.analysis import describe
-    from sdlora.adapters.io import read_adapter_file
+    from sdlora.lora.io import read_adapter_file
 
     found = read_adapter_file(path)
     r = describe(found.adapter)
@@ -103,7 +103,7 @@ def build(ctx: AppContext) -> None:
 
     def on_resize(name, rank_text, out):
         from sdlora.adapters.analysis import resize_adapter
-        from sdlora.adapters.io import read_adapter_file, save_adapter
+        from sdlora.lora.io import read_adapter_file, save_adapter
 
         try:
             new_rank = parse_number(rank_text, "New rank", "int")
@@ -122,7 +122,7 @@ def build(ctx: AppContext) -> None:
                 f"mean {sum(values) / len(values):.4f}")
 
     def on_convert(name, fmt, out):
-        from sdlora.adapters.io import read_adapter_file, save_adapter
+        from sdlora.lora.io import read_adapter_file, save_adapter
 
         try:
             found = read_adapter_file(adapter_file(name))

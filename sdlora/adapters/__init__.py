@@ -14,10 +14,10 @@ The public API (docs/API.md shows it in use from a plain diffusers script):
 from sdlora.adapters.analysis import describe, resize_adapter, truncate_adapter
 from sdlora.adapters.apply import AppliedAdapter, apply_adapter
 from sdlora.adapters.blend import AdapterBlender, parse_lora_spec
-from sdlora.adapters.io import AdapterFile, load_adapter, read_adapter_file, save_adapter
+from sdlora.lora.io import AdapterFile, load_adapter, read_adapter_file, save_adapter
 from sdlora.adapters.merge import merge, merge_into
-from sdlora.adapters.kinds import DoraLayer, LohaLayer, LokrLayer
-from sdlora.adapters.state import Adapter, LoraLayer
+from sdlora.lora.kinds import DoraLayer, LohaLayer, LokrLayer
+from sdlora.lora.state import Adapter, LoraLayer
 
 __all__ = ["Adapter", "AdapterBlender", "AdapterFile", "AppliedAdapter", "DoraLayer", "LohaLayer", "LokrLayer",
            "LoraLayer", "apply_adapter", "describe", "load_adapter", "merge", "merge_into", "parse_lora_spec",

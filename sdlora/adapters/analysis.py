@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sdlora.adapters.state import Adapter, LoraLayer
+from sdlora.lora.state import Adapter, LoraLayer
 
 ENERGY_FRACTION = 0.9  # "effective rank": how many singular values hold this share of the energy (sum of s²)
 CONTAINERS = {"down_blocks", "up_blocks", "attentions", "resnets", "transformer_blocks", "layers",
@@ -61,10 +61,6 @@ def spectrum(layer: LoraLayer) -> Spectrum:
     qa, ra = torch.linalg.qr(down.T)
     u, s, vh = torch.linalg.svd(rb @ ra.T)
     return Spectrum(u=qb @ u, s=abs(layer.scale) * s, v=qa @ vh.T * math.copysign(1.0, layer.scale))
-
-
-def frobenius_norm(layer: LoraLayer) -> float:
-    return float(spectrum(layer).s.norm())
 
 
 def module_kind(name: str) -> str:
@@ -161,7 +157,7 @@ def resize_adapter(adapter: Adapter, rank: int) -> tuple[Adapter, dict[str, floa
     """Every layer refactored to at most `rank`; returns the new adapter and the energy kept per layer.
 
     LoHa and LoKr layers become plain LoRA (LoCon) layers; a DoRA layer keeps its magnitude and stays DoRA."""
-    from sdlora.adapters.kinds import DoraLayer
+    from sdlora.lora.kinds import DoraLayer
 
     layers, kept = {}, {}
     family = base_family(adapter)[0]

@@ -2,7 +2,7 @@
 
 diffusers' `load_lora_weights` reads LoRA and DoRA only; LoHa and LoKr files (LyCORIS keys) go through this
 instead. Each adapted module gets a forward hook that adds its update: h = W0·x + dW·x, with dW the layer kind's
-own `merge_delta(W0, weight)` (sdlora.adapters.kinds), so the output equals that of the model with the adapter
+own `merge_delta(W0, weight)` (sdlora.lora.kinds), so the output equals that of the model with the adapter
 merged at that weight (`merge_into`). The updates are held as dense tensors, one per adapted module (as much
 memory as those modules' weights); re-weighting recomputes them, the base weights are never touched.
 
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sdlora.adapters.merge import find_module
-from sdlora.adapters.state import Adapter
+from sdlora.lora.formats import find_module
+from sdlora.lora.state import Adapter
 from sdlora.errors import SdloraError
 
 
@@ -76,7 +76,7 @@ class AppliedAdapter:
 
 def apply_adapter(pipe: Any, adapter: Adapter | Path | str, weight: float = 1.0) -> AppliedAdapter:
     """Apply an adapter (any kind: LoRA, LoCon, DoRA, LoHa, LoKr, DyLoRA) or its file to `pipe` at `weight`."""
-    from sdlora.adapters.io import load_adapter
+    from sdlora.lora.io import load_adapter
 
     source = "adapter" if isinstance(adapter, Adapter) else str(adapter)
     if not isinstance(adapter, Adapter):

@@ -30,7 +30,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from sdlora.adapters.state import Adapter, LoraLayer
+from sdlora.lora.state import Adapter, LoraLayer
 from sdlora.errors import SdloraError
 
 # network types (metadata `sdlora_network_type`) whose layers are plain down/up pairs
@@ -140,7 +140,7 @@ class MultiAdapter:
     def load(self, path: Path | str) -> CachedAdapter:
         """A LoRA file into the device cache, once per distinct content (sha256); checks family and shapes."""
         from sdlora.adapters.blend import file_sha256
-        from sdlora.adapters.io import read_adapter_file
+        from sdlora.lora.io import read_adapter_file
 
         path = Path(path)
         key = file_sha256(path) if path.is_file() else None

@@ -2,7 +2,7 @@
 
 The adapters go into the pipeline through diffusers' own mechanism (`load_lora_weights(..., adapter_name=...)`,
 `set_adapters(names, adapter_weights=...)`), so what a user sees here is what their own diffusers script gets:
-h = W0·x + Σ_i weight_i·(alpha_i/rank_i)·B_i·A_i·x. Each file is read and checked by `sdlora.adapters.io` first
+h = W0·x + Σ_i weight_i·(alpha_i/rank_i)·B_i·A_i·x. Each file is read and checked by `sdlora.lora.io` first
 (so other tools' files, with keys diffusers would choke on, load too), then handed to diffusers in our diffusers
 format, which carries every layer's rank and alpha. LoHa and LoKr adapters, which diffusers does not read, are
 applied by `sdlora.adapters.apply` (forward hooks adding each layer's update) and weighted the same way.
@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from sdlora.adapters.apply import AppliedAdapter
-from sdlora.adapters.check import check_fit, only
-from sdlora.adapters.io import check_fully_read, read_adapter_file, save_adapter
-from sdlora.adapters.kinds import DIFFUSERS_KINDS
+from sdlora.lora.check import check_fit, only
+from sdlora.lora.io import check_fully_read, read_adapter_file, save_adapter
+from sdlora.lora.kinds import DIFFUSERS_KINDS
 from sdlora.errors import SdloraError
 from sdlora.models.loading import quiet_loading
 from sdlora.hashing import file_sha256  # noqa: F401  (serving.py and batched.py take it from here too)

@@ -11,39 +11,26 @@ from typing import Any, Iterable
 
 import torch
 
-from sdlora.adapters.state import Adapter
+from sdlora.lora.state import Adapter
 from sdlora.errors import SdloraError
-
-
-def find_module(pipe: Any, name: str) -> torch.nn.Module:
-    """The live module of a layer name (`unet.<path>`, `text_encoder.text_model.<path>`), or None."""
-    component, path = name.split(".", 1)
-    model = getattr(pipe, component, None)
-    if model is None:
-        return None
-    if component.startswith("text_encoder") and not hasattr(model, "text_model"):
-        path = path.removeprefix("text_model.")  # transformers 5 flattened CLIPTextModel.text_model away
-    try:
-        return model.get_submodule(path)
-    except AttributeError:
-        return None
+from sdlora.lora.formats import find_module
 
 
 def merge_into(pipe: Any, adapters: Iterable[tuple[Adapter, float]], sources: list[str] | None = None) -> int:
     """Add weight·dW of every layer of every adapter into `pipe`'s base weights, in place; returns layers merged.
 
     The sum is formed in fp32 and cast once to the weight's dtype, so a fp16 model is rounded once, not per
-    adapter. Every adapter goes through `sdlora.adapters.check` first: non-finite values, a layer of another shape
+    adapter. Every adapter goes through `sdlora.lora.check` first: non-finite values, a layer of another shape
     or no layer in the model are `SdloraError`s; layers the model lacks are left out with a warning.
     """
-    from sdlora.adapters.check import check_fit, check_values
+    from sdlora.lora.check import check_fit, check_values
 
     deltas: dict[str, torch.Tensor] = {}
     for i, (adapter, weight) in enumerate(adapters):
         source = sources[i] if sources else "adapter"
         check_values(adapter, source)
         for name in check_fit(adapter, pipe, source).matched:  # layers the model lacks: a warning, left out
-            # Each kind's own update (sdlora.adapters.kinds); DoRA's depends on the base weight it rescales.
+            # Each kind's own update (sdlora.lora.kinds); DoRA's depends on the base weight it rescales.
             delta = adapter.layers[name].merge_delta(find_module(pipe, name).weight.detach().cpu(), weight)
             deltas[name] = deltas[name] + delta if name in deltas else delta
     with torch.no_grad():
@@ -57,8 +44,8 @@ def merge_into(pipe: Any, adapters: Iterable[tuple[Adapter, float]], sources: li
 def merge(model: str, loras: Iterable[tuple[Path | str, float]], out_dir: Path | str) -> Path:
     """Load `model` ('tiny' or a diffusers folder), merge the weighted LoRA files, save a diffusers folder."""
     from sdlora.adapters.blend import check_weight
-    from sdlora.adapters.check import check_fit, only
-    from sdlora.adapters.io import check_fully_read, read_adapter_file
+    from sdlora.lora.check import check_fit, only
+    from sdlora.lora.io import check_fully_read, read_adapter_file
     from sdlora.models.loading import load_pipeline
     from sdlora.models.storage import save_pipeline_folder
 

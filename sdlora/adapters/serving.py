@@ -84,7 +84,7 @@ class BatchGenerator:
 
     def check(self, path: str | Path) -> AdapterInfo:
         """Read and check an adapter file once (family, layer shapes); batchable ones go into the device cache."""
-        from sdlora.adapters.io import read_adapter_file
+        from sdlora.lora.io import read_adapter_file
 
         key = str(path)
         if key not in self._files:

@@ -20,7 +20,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from sdlora.adapters.io import read_adapter_file, save_adapter
+    from sdlora.lora.io import read_adapter_file, save_adapter
 
     found = read_adapter_file(args.input)
     # dtype=None keeps every tensor's own dtype and bits: conversion renames keys, it does not re-quantise.

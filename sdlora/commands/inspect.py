@@ -16,7 +16,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from sdlora.adapters.analysis import describe
-    from sdlora.adapters.io import read_adapter_file
+    from sdlora.lora.io import read_adapter_file
 
     found = read_adapter_file(args.file)
     report = {"path": str(found.path), "format": found.format, "dtypes": sorted(found.dtypes),

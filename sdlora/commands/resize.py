@@ -14,7 +14,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from sdlora.adapters.analysis import resize_adapter, truncate_adapter
-    from sdlora.adapters.io import read_adapter_file, save_adapter
+    from sdlora.lora.io import read_adapter_file, save_adapter
     from sdlora.errors import SdloraError
 
     if args.rank < 1:

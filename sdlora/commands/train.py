@@ -224,6 +224,6 @@ def dry_run(config: Config) -> int:
     every = config.sample.every
     print(f"  samples: {len(config.sample.prompts)} prompt(s) "
           + (f"every {every} steps and at the end" if every else "at the end"))
-    print(f"  checkpoints: " + (f"every {config.save.every} steps and " if config.save.every else "")
+    print("  checkpoints: " + (f"every {config.save.every} steps and " if config.save.every else "")
           + f"at the end -> {Path(config.save.output_dir) / config.name}")
     return 0

@@ -61,13 +61,6 @@ TINY_SDXL_TEXT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=3,
                       max_position_embeddings=77, hidden_act="gelu", projection_dim=32)
 
 
-def random_sd15_unet(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    from diffusers import UNet2DConditionModel
-
-    with torch.device(device):
-        return UNet2DConditionModel(**SD15_UNET).to(dtype)
-
-
 def random_sd15_pipeline(seed: int = 0):
     """An SD 1.5-shaped pipeline with random weights and the tiny model's tokenizer (ids fit CLIP-L's vocab)."""
     import tempfile

@@ -23,8 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sdlora import __version__
-from sdlora.adapters.kinds import DoraLayer, LohaLayer, LokrLayer
-from sdlora.adapters.state import Adapter, LoraLayer
+from sdlora.lora.kinds import DoraLayer, LohaLayer, LokrLayer
+from sdlora.lora.state import Adapter, LoraLayer
 from sdlora.train.killpoints import kill_point
 
 STATE_FILE = "trainer_state.json"

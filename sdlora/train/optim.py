@@ -40,7 +40,7 @@ def optimizer_class(name: str) -> type:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or a library that fails to load its native binary
-        extra = "" if package in ("torch", "transformers") else f" (or pip install 'sdlora[optimizers]')"
+        extra = "" if package in ("torch", "transformers") else " (or pip install 'sdlora[optimizers]')"
         raise SdloraError(f"train.optimizer: {name} needs the {package} package, which cannot be imported here "
                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); pip install "
                           f"{package}{extra}, or use adamw") from None

@@ -209,7 +209,7 @@ class Trainer:
         self.objective = make_objective(cfg, c, self.encoder)
         self.validator = recipe.make_validator(self.validation_set, cfg, self.encoder, c, self.device)
         recipe.add_logger(self.events, cfg, self.paths.root, self.is_main)
-        self.trainable, self.total_params = count_parameters(c.unet, *self.text_encoders.values())
+        self.trainable, _ = count_parameters(c.unet, *self.text_encoders.values())
 
     def metadata(self, steps_done: int) -> dict[str, str]:
         return adapter_metadata(self.config, family=self.components.family,
@@ -219,7 +219,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ saving
     def save_adapter(self, path: Path, steps_done: int) -> Path:
-        from sdlora.adapters.io import save_adapter
+        from sdlora.lora.io import save_adapter
 
         if not self.is_main:  # rank 0 owns the run folder; every rank holds the same LoRA weights
             return path

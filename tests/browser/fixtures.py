@@ -11,7 +11,7 @@ TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 def random_adapter(unet: torch.nn.Module, seed: int, rank: int = 4, scale: float = 0.5, mode: str = "standard"):
     """An adapter on the attention projections of `unet` with random A and B, so it visibly changes images."""
-    from sdlora.adapters.state import Adapter, LoraLayer
+    from sdlora.lora.state import Adapter, LoraLayer
 
     gen = torch.Generator().manual_seed(seed)
     layers = {}
@@ -26,7 +26,7 @@ def random_adapter(unet: torch.nn.Module, seed: int, rank: int = 4, scale: float
 
 def make_adapters(folder: Path) -> list[Path]:
     """adapters/red.safetensors and adapters/blue.safetensors for the built-in tiny model."""
-    from sdlora.adapters.io import save_adapter
+    from sdlora.lora.io import save_adapter
     from sdlora.models import load_components
 
     unet = load_components("tiny").unet
@@ -44,7 +44,7 @@ def make_run(folder: Path, steps=(10, 20), name: str = "cmprun") -> Path:
     the final adapter (the last checkpoint's step) and a validation loss per checkpoint in events.jsonl."""
     import json
 
-    from sdlora.adapters.io import save_adapter
+    from sdlora.lora.io import save_adapter
     from sdlora.models import load_components
 
     unet = load_components("tiny").unet

@@ -10,7 +10,7 @@ from browser.fixtures import make_adapters
 
 
 def test_inspect_resize_convert_and_merge_from_the_browser(page, project):
-    from sdlora.adapters.io import read_adapter_file
+    from sdlora.lora.io import read_adapter_file
 
     make_adapters(project / "adapters")
     source = read_adapter_file(project / "adapters" / "red.safetensors")

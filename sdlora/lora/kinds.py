@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sdlora.adapters.state import LoraLayer
+from sdlora.lora.state import LoraLayer
 
 
 @dataclass

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from sdlora.adapters import formats
-from sdlora.adapters.check import check_values
-from sdlora.adapters.state import Adapter
+from sdlora.lora import formats
+from sdlora.lora.check import check_values
+from sdlora.lora.state import Adapter
 from sdlora.atomic import atomic_path
 from sdlora.errors import SdloraError
 
@@ -193,7 +193,7 @@ def _refuse_non_lora(path: Path, state: dict[str, torch.Tensor]) -> None:
 
 def _check_diffusers_kinds(adapter: Adapter, path: Path | str) -> None:
     """diffusers' loaders read LoRA and DoRA only: a LoHa/LoKr file in its format would load nowhere."""
-    from sdlora.adapters.kinds import DIFFUSERS_KINDS
+    from sdlora.lora.kinds import DIFFUSERS_KINDS
 
     other = sorted({layer.kind for layer in adapter.layers.values()} - set(DIFFUSERS_KINDS))
     if other:

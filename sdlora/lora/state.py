@@ -1,6 +1,6 @@
 """The one in-memory form of a LoRA adapter that the rest of sdlora sees.
 
-Every file format (kohya, diffusers/PEFT) is converted to and from this at the edges (`sdlora.adapters.formats`);
+Every file format (kohya, diffusers/PEFT) is converted to and from this at the edges (`sdlora.lora.formats`);
 training, inspection, blending and merging work on it only.
 
 Layer names are the dotted module path inside the pipeline, prefixed by the component:
@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
 
 @dataclass
@@ -29,7 +27,7 @@ class LoraLayer:
     up: torch.Tensor
     alpha: float
 
-    kind = "lora"  # the other kinds (DoRA, LoHa, LoKr) are in sdlora.adapters.kinds
+    kind = "lora"  # the other kinds (DoRA, LoHa, LoKr) are in sdlora.lora.kinds
     KOHYA_PARTS = {".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha"}
 
     @property
@@ -51,7 +49,7 @@ class LoraLayer:
         flat = up.reshape(out_ch, self.rank) @ down.reshape(self.rank, -1)
         return self.scale * flat.reshape(out_ch, *down.shape[1:])
 
-    # The interface every layer kind has (sdlora.adapters.kinds): tensors, dW as a matrix, its effect on a base.
+    # The interface every layer kind has (sdlora.lora.kinds): tensors, dW as a matrix, its effect on a base.
     @property
     def out_features(self) -> int:
         return int(self.up.shape[0])
@@ -78,7 +76,7 @@ class LoraLayer:
 class Adapter:
     """A whole adapter: its layers by dotted module path, and its metadata (all strings, as safetensors wants)."""
 
-    layers: dict[str, LoraLayer] = field(default_factory=dict)  # or any kind of sdlora.adapters.kinds
+    layers: dict[str, LoraLayer] = field(default_factory=dict)  # or any kind of sdlora.lora.kinds
     metadata: dict[str, str] = field(default_factory=dict)
     family: str | None = None  # "sdxl" when the file's key names said so (decides kohya's UNet naming)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from sdlora.adapters.state import Adapter, LoraLayer
+from sdlora.lora.state import Adapter, LoraLayer
 from sdlora.errors import SdloraError
 
 MAX_ALPHA = 100_000.0  # network.alpha's range in the config: beyond it, alpha/rank scales dW past any use
@@ -81,7 +81,7 @@ def check_fit(adapter: Adapter, pipe: Any, source: str, warn: bool = True, skipp
     `skipped_keys`: keys the file reader could not map to a module of an SD model (`AdapterFile.skipped_keys`);
     their layers count as layers the model lacks.
     """
-    from sdlora.adapters.merge import find_module
+    from sdlora.lora.formats import find_module
 
     fit = Fit(unmatched=list(dict.fromkeys(key.split(".", 1)[0] for key in skipped_keys)))
     for name, layer in adapter.layers.items():

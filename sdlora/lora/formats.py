@@ -1,7 +1,7 @@
 """Key formats of LoRA files <-> the in-memory `Adapter`: kohya (`lora_unet_...lora_down.weight`) and diffusers/PEFT.
 
 Everything format-specific lives here, as pure functions over state dicts, so the rest of sdlora sees `Adapter`
-only. Reading and writing the files (and telling a LoRA from other files) is `sdlora.adapters.io`.
+only. Reading and writing the files (and telling a LoRA from other files) is `sdlora.lora.io`.
 
 Kohya flattens a module path by replacing every '.' with '_', which loses information (`to_out_0`: is it
 `to_out.0` or `to_out_0`?). We restore the dots with a rule: a flattened name is split into the known attribute
@@ -9,20 +9,22 @@ names of diffusers' UNet2DConditionModel and transformers' CLIPTextModel (longes
 A name that does not split into known parts is reported as unknown rather than guessed.
 
 SDXL files name their UNet modules by the original SGM layout (`lora_unet_input_blocks_4_1_...`, see
-`sdlora.adapters.sgm`) and their text encoders `lora_te1_`/`lora_te2_`; they are read into, and written from, the
+`sdlora.lora.sgm`) and their text encoders `lora_te1_`/`lora_te2_`; they are read into, and written from, the
 same diffusers names as every other adapter.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import collections
 import re
 
 import torch
 
-from sdlora.adapters import sgm
-from sdlora.adapters.kinds import KINDS, layer_from_parts
-from sdlora.adapters.state import LoraLayer
+from sdlora.lora import sgm
+from sdlora.lora.kinds import KINDS, layer_from_parts
+from sdlora.lora.state import LoraLayer
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -41,15 +43,12 @@ CLIP_ATOMS = {
 # The kohya prefix of each component. SDXL files name their two text encoders te1/te2; SD 1.x/2.x files use te.
 KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
                   "lora_te2_": "text_encoder_2"}
-KOHYA_SUFFIXES = {".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha"}
 # Every kind's key suffixes (LoRA, DoRA's dora_scale, LoHa's hada_*, LoKr's lokr_*), longest first.
 ALL_KOHYA_SUFFIXES = dict(sorted({s: p for cls in KINDS.values() for s, p in cls.KOHYA_PARTS.items()}.items(),
                                  key=lambda kv: -len(kv[0])))
 PEFT_SUFFIXES = {".lora_A.weight": "down", ".lora_B.weight": "up", ".alpha": "alpha",
                  ".lora_magnitude_vector": "magnitude"}
 PEFT_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
-# The PEFT LoraConfig fields diffusers reads from a file's `lora_adapter_metadata`, per component prefix.
-PEFT_CONFIG_KEYS = ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern")
 
 
 def _atom_table(atoms: set[str]) -> list[list[str]]:
@@ -294,3 +293,17 @@ def from_peft(state: dict[str, torch.Tensor], config: dict | None) -> tuple[dict
             path = clip_model_path(path)
         layers[f"{component}.{path}"] = layer
     return layers, sorted(unknown)
+
+
+def find_module(pipe: Any, name: str) -> torch.nn.Module:
+    """The live module of a layer name (`unet.<path>`, `text_encoder.text_model.<path>`), or None."""
+    component, path = name.split(".", 1)
+    model = getattr(pipe, component, None)
+    if model is None:
+        return None
+    if component.startswith("text_encoder") and not hasattr(model, "text_model"):
+        path = path.removeprefix("text_model.")  # transformers 5 flattened CLIPTextModel.text_model away
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
