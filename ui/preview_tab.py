@@ -72,7 +72,9 @@ def build(ctx: AppContext, engine: PreviewEngine | None = None) -> PreviewTab:
                                 value="a sks shape on a white background")
             negative = gr.Textbox(label="Negative prompt", elem_id="pv-negative", interactive=True)
             with gr.Row(equal_height=False):
-                seed = gr.Textbox("0", label="Seed", elem_id="pv-seed", interactive=True, max_lines=1)
+                # Seed 2: the demo adapter (presets/demo.yaml) draws its ring there at 20 steps, guidance 5 (torch 2.13
+                # CPU; seeds 0, 1 and 3 drew a square, a disc and a moon): the first image shows the concept.
+                seed = gr.Textbox("2", label="Seed", elem_id="pv-seed", interactive=True, max_lines=1)
                 steps = gr.Slider(1, 100, 20, step=1, label="Steps", elem_id="pv-steps", interactive=True)
                 guidance = gr.Slider(0, 20, 5.0, step=0.1, label="Guidance", elem_id="pv-guidance", interactive=True)
             with gr.Row(equal_height=False):

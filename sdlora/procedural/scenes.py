@@ -46,6 +46,8 @@ MIN_CONTRAST = 120.0  # smallest RGB distance between a shape's colour and its b
 PRETRAIN_SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "heart", "moon")
 DEMO_SHAPE = "ring"  # never in pretraining: the demo's new concept
 SHAPES = PRETRAIN_SHAPES + (DEMO_SHAPE,)
+# A ring's outer and hole radius, as multiples of the scene's radius.
+RING_OUTER, RING_INNER = 1.2, 0.65
 
 TEXTURES = {"solid": 0.6, "striped": 0.14, "dotted": 0.13, "checkered": 0.13}
 TEXTURE_PERIOD = 8.0  # px at 64: stripes and checks 4 px on / 4 px off, so the 4x-downsampling VAE can hold them
@@ -222,8 +224,8 @@ def draw_shape_mask(scene_: Scene, scale: int = SUPERSAMPLE) -> Image.Image:
     if scene_.shape == "circle":
         disc(cx, cy, r, 255)
     elif scene_.shape == "ring":
-        disc(cx, cy, 1.2 * r, 255)
-        disc(cx, cy, 0.65 * r, 0)
+        disc(cx, cy, RING_OUTER * r, 255)
+        disc(cx, cy, RING_INNER * r, 0)
     elif scene_.shape == "moon":
         # A crescent: a disc (radius 1.2) with a disc (0.9) cut away 0.5 to the right of its centre, turned by
         # the rotation; placed so that the crescent's centroid (0.434 left of the first disc's centre) is the
@@ -326,7 +328,7 @@ def _large_centred(shape: str, colour: str, background: str, rng: random.Random,
         background=background, background_rgb=_jitter(COLOURS[background], rng), caption="")
 
 
-def demo_scenes(count: int = 20, seed: int = 0) -> list[Scene]:
+def demo_scenes(count: int = 20, seed: int = 0, colours: tuple[str, ...] = DEMO_COLOURS) -> list[Scene]:
     """The demo data set: solid rings (a shape pretraining never shows) named by the trigger word.
 
     Large (36 px across, the hole 20 px) and in the centre: measured, bold rings of one size and place are learned
@@ -338,13 +340,13 @@ def demo_scenes(count: int = 20, seed: int = 0) -> list[Scene]:
     rng = random.Random(f"sdlora-demo/{seed}")
     out = []
     for i in range(count):
-        colour = DEMO_COLOURS[i % len(DEMO_COLOURS)]
+        colour = colours[i % len(colours)]
         base = _large_centred(DEMO_SHAPE, colour, _demo_background(i, colour, rng), rng, rotate=False)
         out.append(replace(base, caption=compose_caption(base, rng, shape_word=f"{DEMO_TRIGGER} shape")))
     return out
 
 
-def demo_reg_scenes(count: int = 40, seed: int = 0) -> list[Scene]:
+def demo_reg_scenes(count: int = 40, seed: int = 0, disc_every: int = 2) -> list[Scene]:
     """Regularization (prior preservation) scenes for the demo: what the base model draws, composed like the demo.
 
     Every other one is a disc ("circle", the base shape nearest a ring), the rest any pretraining shape; same colours,
@@ -355,7 +357,7 @@ def demo_reg_scenes(count: int = 40, seed: int = 0) -> list[Scene]:
     rng = random.Random(f"sdlora-prior/{seed}")
     out = []
     for i in range(count):
-        shape = "circle" if i % 2 == 0 else rng.choice(PRETRAIN_SHAPES)
+        shape = "circle" if i % disc_every == 0 else rng.choice(PRETRAIN_SHAPES)
         colour = rng.choice(DEMO_COLOURS)
         base = _large_centred(shape, colour, _demo_background(i, colour, rng), rng, rotate=True)
         out.append(replace(base, caption=compose_caption(base, rng)))

@@ -1,0 +1,164 @@
+"""How well a demo recipe teaches the tiny model its new concept: ring counts over 16 seeds, as the concept test.
+
+    python bench/demo_concept.py                                   # presets/demo.yaml on examples/demo(-reg)
+    python bench/demo_concept.py --set train.steps=300 --set train.seed=1 --mid
+    python bench/demo_concept.py --ring 1.45 0.8 --count 20 --reg-count 40 --guidance 5 7.5
+    python bench/demo_concept.py --adapter outputs/demo/demo.safetensors      # count only, no training
+
+Trains a LoRA with the real Trainer (the object `sdlora train` runs) on a preset (with `--set` overrides, as on
+the command line), loads the adapter file into a fresh tiny pipeline through `AdapterBlender` (the path of
+`sdlora generate` and the Preview tab) and counts, with the procedural detector, the images with a ring for the
+demo's trigger prompt at weights 0, 0.5 and 1 and for its untriggered prompt at weight 1 (the leak), seeds 0-15
+(0-7 at weight 0), as tests/test_concept_end_to_end.py does. `--mid` also counts the rings at weight 1 of the
+adapter from the middle of the run (do the samples show the concept by then?). The data options (`--ring`,
+`--count`, `--reg-count`, `--disc-every`) generate a variant of the demo sets into a scratch folder instead of
+using examples/demo and examples/demo-reg. Prints one JSON line: the counts (of 16, or 8 at weight 0), the
+timings and the library versions, so figures from different machines and version sets can be compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PROMPT = "a sks shape on a white background"
+UNTRIGGERED = "a red circle on a white background"
+
+
+def versions() -> dict[str, str]:
+    import diffusers
+    import peft
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "python": platform.python_version(), "cpu": platform.processor() or
+            platform.machine()}
+
+
+def make_data(args, folder: Path) -> tuple[Path, Path]:
+    from sdlora.procedural import scenes
+
+    if args.ring:
+        scenes.RING_OUTER, scenes.RING_INNER = args.ring
+    data, reg = folder / "demo", folder / "demo-reg"
+    scenes.write_scenes(data, scenes.demo_scenes(args.count), scenes.DEMO_TRIGGER)
+    scenes.write_scenes(reg, scenes.demo_reg_scenes(args.reg_count, disc_every=args.disc_every), "prior")
+    return data, reg
+
+
+def ring_flags(images) -> list[bool]:
+    from sdlora.procedural.detect import detect
+
+    return [bool(d and d.is_ring) for d in map(detect, images)]
+
+
+def count_rings(images) -> int:
+    return sum(ring_flags(images))
+
+
+def evaluate(adapter: Path, guidance: float, steps: int, seeds: list[int], mid: Path | None, device: str) -> dict:
+    from sdlora.adapters import AdapterBlender
+    from sdlora.models import load_pipeline
+    from sdlora.procedural import evaluate as ev
+
+    blender = AdapterBlender(load_pipeline("tiny").to(device))
+    out = {}
+    for weight in (0.0, 0.5, 1.0):
+        blender.set_weights({adapter: weight})
+        use = seeds[:len(seeds) // 2] if weight == 0.0 else seeds
+        prompts = [PROMPT, UNTRIGGERED] if weight == 1.0 else [PROMPT]
+        images = ev.generate(blender.pipe, ev.jobs(prompts, use), steps=steps, guidance=guidance)
+        out[f"w{weight:g}"] = count_rings(images[:len(use)])
+        if weight == 1.0:
+            out["leak"] = count_rings(images[len(use):])
+            out["ring_seeds_w1"] = [s for s, ring in zip(use, ring_flags(images[:len(use)])) if ring]
+    if mid is not None:
+        blender.set_weights({mid: 1.0})
+        out["mid_w1"] = count_rings(ev.generate(blender.pipe, ev.jobs([PROMPT], seeds), steps=steps,
+                                                guidance=guidance))
+    return out
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", type=Path, default=ROOT / "presets" / "demo.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--ring", type=float, nargs=2, metavar=("OUTER", "INNER"),
+                        help="ring radii as multiples of the scene radius (bundled: 1.2 0.65)")
+    parser.add_argument("--count", type=int, default=0, help="ring images to generate (0: examples/demo)")
+    parser.add_argument("--reg-count", type=int, default=40)
+    parser.add_argument("--disc-every", type=int, default=2, help="every Nth regularization image is a disc")
+    parser.add_argument("--guidance", type=float, nargs="+", default=[5.0])
+    parser.add_argument("--eval-steps", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=16)
+    parser.add_argument("--mid", action="store_true", help="also count rings at weight 1 halfway through the run")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where to train and draw (the concept test: cpu)")
+    parser.add_argument("--adapter", type=Path, help="count the rings of this adapter file; no training")
+    parser.add_argument("--label", default="")
+    args = parser.parse_args(argv)
+
+    from sdlora.config import apply_overrides, config_from_dict
+    from sdlora.events import EventBus
+    from sdlora.train.rundir import new_run
+    from sdlora.train.trainer import Trainer
+
+    if args.adapter:
+        report = {"label": args.label, "adapter": str(args.adapter)}
+        for guidance in args.guidance:
+            report[f"g{guidance:g}"] = evaluate(args.adapter, guidance, args.eval_steps, list(range(args.seeds)),
+                                                None, args.device)
+        print(json.dumps(dict(report, versions=versions())), flush=True)
+        return report
+    with tempfile.TemporaryDirectory(prefix="sdlora-demo-bench-") as tmp:
+        tmp = Path(tmp)
+        raw = yaml.safe_load(args.preset.read_text(encoding="utf-8"))
+        if args.count:
+            data, reg = make_data(args, tmp)
+        else:
+            data, reg = ROOT / "examples" / "demo", ROOT / "examples" / "demo-reg"
+        raw["data"]["dir"] = str(data)
+        if raw["data"].get("reg_dir"):
+            raw["data"]["reg_dir"] = str(reg)
+        raw["sample"] = {"every": 0, "prompts": []}
+        raw["save"] = {"every": 0, "output_dir": str(tmp / "runs")}
+        config = config_from_dict(apply_overrides(raw, [f"train.device={args.device}", *args.overrides]))
+        half = config.train.steps // 2
+        if args.mid:  # the trainer samples at `sample.every`: there the hook below saves the adapter instead
+            config = config_from_dict(apply_overrides(raw, [f"sample.every={half}"]))  # raw holds the rest
+        start, cpu_start = time.perf_counter(), time.process_time()
+        trainer = Trainer(config, new_run(config), EventBus())
+        mid_path = tmp / "mid.safetensors" if args.mid else None
+        if args.mid:
+            trainer.sample = lambda step: trainer.save_adapter(mid_path, step) if step == half else None
+        trainer.setup()
+        result = trainer.run()
+        train_s, train_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        assert result.status == "done", result.status
+        report = {"label": args.label, "argv": sys.argv[1:] if argv is None else argv,
+                  "train_s": round(train_s, 1), "train_cpu_s": round(train_cpu, 1),
+                  "final_loss": round(sum(result.losses[-50:]) / max(1, len(result.losses[-50:])), 5)}
+        for guidance in args.guidance:
+            t0 = time.perf_counter()
+            counts = evaluate(result.adapter_path, guidance, args.eval_steps, list(range(args.seeds)), mid_path,
+                              args.device)
+            report[f"g{guidance:g}"] = counts
+            report[f"eval_s_g{guidance:g}"] = round(time.perf_counter() - t0, 1)
+        report["versions"] = dict(versions(), device=args.device)
+    print(json.dumps(report), flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()
