@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
@@ -51,6 +52,7 @@ def adapter_shapes(path: Path) -> dict[str, tuple]:
         return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
+@pytest.mark.slow  # two training processes: ~23 s on 2 cores
 def test_two_processes_train_one_run_that_rank_0_writes(shapes_dir, tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text(yaml.safe_dump({
@@ -91,6 +93,7 @@ def _pid_with_env(marker: str, rank: str) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_a_dead_worker_ends_the_run_within_seconds_naming_it(shapes_dir, tmp_path):
     import signal
     import time

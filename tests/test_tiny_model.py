@@ -50,6 +50,7 @@ def test_tiny_ships_as_fp16_diffusers_folder_under_20_mb():
     assert vae["scaling_factor"] != 0.18215  # measured on its own latents, not SD's
 
 
+@pytest.mark.slow  # ~16 s of sampling: the model card's figure
 def test_colour_prompts_give_that_colour(images):
     rates = evaluate.follow_rates(COLOUR_CASES, images["colour"], len(COLOUR_SEEDS))
     print(f"colour prompts: {rates}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from playwright.sync_api import expect
 
 from browser.conftest import screenshot
@@ -29,6 +31,7 @@ def add_job(page, name: str) -> None:
     expect(page.locator(f"#queue-table tr[data-name='{name}']")).to_have_attribute("data-state", "queued")
 
 
+@pytest.mark.slow  # ~25 s; the queue itself is covered by tests/test_queue.py
 def test_add_reorder_cancel_run_and_reload(page, project):
     page.get_by_role("tab", name="Train").click()
     field(page, "train-preset").click()
