@@ -13,9 +13,11 @@ from sdlora.config import SampleConfig
 
 def live_pipeline(components, unet, scheduler: str):
     """A pipeline over the training components and the live (LoRA-carrying) UNet: SD, or SDXL's two encoders."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
+    from sdlora.models.loading import quiet_loading
     from sdlora.schedulers import make_scheduler
+
+    with quiet_loading():  # importing the pipelines makes transformers warn about unused image processors
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     parts = dict(vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
                  unet=unet, scheduler=make_scheduler(scheduler, components.noise_scheduler.config))
