@@ -1,6 +1,11 @@
-"""train.log_with tensorboard: event files under logs/ that TensorBoard itself reads."""
+"""train.log_with: TensorBoard event files under logs/ that TensorBoard itself reads; a W&B offline run under
+logs/wandb/ that wandb itself reads."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
 
 from test_recipe import recipe_config, train_run
 
@@ -28,37 +33,67 @@ def test_tensorboard_logs_are_readable_by_tensorboard(shapes_dir, tmp_path):
     assert "sample/00" in tags["images"]
 
 
-def test_wandb_gets_the_same_numbers_offline(tmp_path, monkeypatch):
-    """With a stand-in `wandb` module (the package is optional): init offline in the run folder, one log call
-    per event with the event's numbers, finish on close."""
+def _children() -> set[int]:
+    """Live child processes of this one (Linux /proc), to see what a wandb run leaves behind."""
+    import os
+
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            out.add(int(stat.parent.name))
+    return out
+
+
+def test_wandb_offline_run_in_the_run_folder_holds_the_numbers(shapes_dir, tmp_path, monkeypatch):
+    """The real wandb package, no network and no account: the run folder gets an offline W&B run whose history,
+    read back by wandb's own reader (`wandb leet inspect`), holds each step's loss and lr and the validation loss,
+    and the wandb service process is gone once training ends."""
+    import json
+    import subprocess
     import sys
-    import types
+    import time
 
-    from sdlora.config import Config
-    from sdlora.train.loggers import make_logger
-
-    calls = []
-
-    class Run:
-        def log(self, values, step):
-            calls.append(("log", values, step))
-
-        def finish(self):
-            calls.append(("finish",))
-
-    fake = types.SimpleNamespace(init=lambda **kw: calls.append(("init", kw)) or Run(), Image=lambda p: ("image", p))
-    monkeypatch.setitem(sys.modules, "wandb", fake)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    config = Config(name="w")
-    config.train.log_with = "wandb"
-    logger = make_logger(config, tmp_path)
-    logger({"event": "step", "step": 3, "loss": 0.5, "lr": 1e-4})
-    logger({"event": "validation", "step": 3, "loss": 0.25})
-    logger({"event": "sample", "step": 3, "images": ["a.png"]})
-    logger.close()
-    assert calls[0][0] == "init" and calls[0][1]["mode"] == "offline" and calls[0][1]["dir"] == str(tmp_path)
-    assert calls[1:] == [("log", {"loss": 0.5, "lr": 1e-4}, 3), ("log", {"validation_loss": 0.25}, 3),
-                         ("log", {"samples": [("image", "a.png")]}, 3), ("finish",)]
+    pytest.importorskip("wandb", reason="wandb is not installed (pip install 'sdlora[wandb]')")
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_RUN_ID", "WANDB_RESUME"):
+        monkeypatch.delenv(var, raising=False)
+    # wandb's per-user folders (settings, caches) in the test's own folder, not the home directory.
+    for var, sub in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data")):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home" / sub))
+    before = _children()
+    config = recipe_config(shapes_dir, tmp_path / "out", steps=3, log_with="wandb", validate_every=2,
+                           data={"validation_split": 0.25})
+    _, result, events = train_run(config)
+    assert result.status == "done"
+    runs = list((tmp_path / "out" / "r" / "logs" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1, runs
+    inspect = [sys.executable, "-m", "wandb", "leet", "inspect", str(runs[0])]
+    records = subprocess.run(inspect + ["--json"], capture_output=True, text=True, timeout=120, check=True,
+                             stdin=subprocess.DEVNULL).stdout
+    history: dict[int, dict] = {}
+    for line in records.splitlines():
+        record = json.loads(line) if line.startswith("{") else {}
+        if record.get("type") == "history":
+            history[record["history"]["step"]["num"]] = record["history"]["item"]
+    steps = [e for e in events if e["event"] == "step"]
+    validation = {e["step"]: e["loss"] for e in events if e["event"] == "validation"}
+    assert [e["step"] for e in steps] == [1, 2, 3] and sorted(validation) == [0, 2, 3]  # 0: before training
+    assert sorted(history) == [0, 1, 2, 3]
+    for e in steps:
+        assert history[e["step"]]["loss"] == pytest.approx(e["loss"], rel=1e-9)
+        assert history[e["step"]]["lr"] == pytest.approx(e["lr"], rel=1e-9)
+    assert {s: history[s].get("validation_loss") for s in validation} == pytest.approx(validation, rel=1e-9)
+    summary = json.loads(subprocess.run(inspect + ["--summary", "--json"], capture_output=True, text=True,
+                                        timeout=120, check=True, stdin=subprocess.DEVNULL).stdout)
+    assert summary["state"] == "finished" and summary["exit_code"] == 0 and summary["name"] == "r"
+    assert summary["config"]["train"]["log_with"] == "wandb"
+    deadline = time.monotonic() + 15
+    while _children() - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _children() - before, "wandb left a process running"
 
 
 def test_wandb_missing_is_a_one_line_error(monkeypatch):
@@ -73,5 +108,5 @@ def test_wandb_missing_is_a_one_line_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
     config = Config()
     config.train.log_with = "wandb"
-    with pytest.raises(SdloraError, match="train.log_with: wandb is not installed; pip install wandb"):
+    with pytest.raises(SdloraError, match=r"train.log_with: wandb is not installed; pip install 'sdlora\[wandb\]'"):
         make_logger(config, __import__("pathlib").Path("."))

@@ -1,7 +1,7 @@
 """train.log_with: TensorBoard or Weights & Biases, as listeners on the events stream (events.jsonl stays the
 contract; these only mirror it). TensorBoard files go to logs/ in the run folder: scalars loss, lr,
-validation_loss and the sample images. W&B runs offline unless WANDB_MODE says otherwise (no network needed;
-`wandb sync` uploads later)."""
+validation_loss and the sample images. W&B runs offline unless WANDB_MODE says otherwise (no network, no account
+needed; `wandb sync outputs/NAME/logs/wandb/offline-run-*` uploads later); its files go to logs/wandb/."""
 
 from __future__ import annotations
 
@@ -52,11 +52,21 @@ class WandbLogger:
         try:
             import wandb
         except Exception:
-            raise SdloraError("train.log_with: wandb is not installed; pip install wandb, or set train.log_with "
-                              "tensorboard or none") from None
+            raise SdloraError("train.log_with: wandb is not installed; pip install 'sdlora[wandb]' (or pip install "
+                              "wandb), or set train.log_with tensorboard or none") from None
         self.wandb = wandb
-        self.run = wandb.init(project="sdlora", name=config.name, dir=str(folder), config=config.to_dict(),
-                              mode=os.environ.get("WANDB_MODE", "offline"))
+        self.failed = False
+        folder.mkdir(parents=True, exist_ok=True)
+        # Offline unless the user asks (WANDB_MODE=online): a run never waits on a network or an account it was
+        # not told about. The mode is passed explicitly, so `wandb online` in a settings file does not apply.
+        mode = os.environ.get("WANDB_MODE") or "offline"
+        try:
+            self.run = wandb.init(project="sdlora", name=config.name, dir=str(folder), config=config.to_dict(),
+                                  mode=mode)
+        except Exception as exc:  # online without a network or a login: wandb's own error, on one line
+            raise SdloraError(f"train.log_with: wandb could not start in mode {mode!r} "
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); unset "
+                              f"WANDB_MODE to log offline, or set train.log_with none") from None
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind, step = event["event"], event.get("step")
@@ -66,9 +76,14 @@ class WandbLogger:
             self.run.log({"validation_loss": event["loss"]}, step=step)
         elif kind == "sample":
             self.run.log({"samples": [self.wandb.Image(p) for p in event.get("images", [])]}, step=step)
+        elif kind == "error":
+            self.failed = True
 
     def close(self) -> None:
-        self.run.finish()
+        self.run.finish(exit_code=1 if self.failed else 0)
+        # finish() leaves wandb's service process (wandb-core) running until the interpreter exits; a trainer
+        # inside a longer-lived process (the tests, a notebook) would keep one per run.
+        self.wandb.teardown()
 
 
 def make_logger(config: Config, run_root: Path):
@@ -76,5 +91,5 @@ def make_logger(config: Config, run_root: Path):
     if config.train.log_with == "tensorboard":
         return TensorBoardLogger(run_root / "logs")
     if config.train.log_with == "wandb":
-        return WandbLogger(config, run_root)
+        return WandbLogger(config, run_root / "logs")
     return None
