@@ -24,12 +24,32 @@ from sdlora.errors import SdloraError
 
 
 def opt(default: Any = dataclasses.MISSING, *, help: str, min: float | None = None, max: float | None = None,
-        default_factory: Any = dataclasses.MISSING):
-    """A config field with its help text and range."""
+        default_factory: Any = dataclasses.MISSING, group: str | None = None):
+    """A config field with its help text and range; `group` (one of GROUPS) files a recipe option under a heading
+    of the Train tab and the docs instead of its section's."""
     meta = {"help": help, "min": min, "max": max}
+    if group is not None:
+        if group not in GROUPS:
+            raise ValueError(f"opt(group={group!r}): not one of sdlora.config.GROUPS")
+        meta["group"] = group
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+# The headings the recipe options are filed under (`opt(group=...)`), in the order the Train tab shows them; every
+# train.* key has one. An option without a group stays under its section (data, network, sample, ...).
+GROUPS = {
+    "Steps and batch": "steps, batch size, gradient accumulation, seed",
+    "Optimizer": "the optimizer and its settings, learning rates, gradient clipping",
+    "Schedule": "how the learning rate moves over the run",
+    "Timesteps": "which noise levels training draws",
+    "Noise and loss": "the loss and its weighting, the noise added, masked loss",
+    "EMA": "an exponential moving average of the adapter",
+    "Validation": "a held-out loss at fixed noise and timesteps",
+    "Logging": "TensorBoard, Weights & Biases, loss read-backs",
+    "Precision and speed": "precision, device, compile, memory, threads",
+}
 
 
 @dataclass
@@ -58,18 +78,22 @@ class DataConfig:
         "auto", help="encode images in VAE tiles and slices to save memory (auto: on for images above 1024 px)")
     num_workers: int = opt(0, min=0, max=64, help="data loader worker processes (0 loads in the main process)")
     masks: str = opt("none", help="masked loss: none, alpha (each PNG's alpha channel), or a folder of same-stem "
-                                  "mask images (white = learn, black = ignore, grey = weight)")
-    validation_dir: str = opt("", help="folder of held-out images (with captions) for the validation loss")
+                                  "mask images (white = learn, black = ignore, grey = weight)", group="Noise and loss")
+    validation_dir: str = opt("", help="folder of held-out images (with captions) for the validation loss",
+                              group="Validation")
     validation_split: float = opt(0.0, min=0.0, max=0.5, help="fraction of data.dir held out for the validation "
-                                                               "loss (deterministic; instead of validation_dir)")
+                                                               "loss (deterministic; instead of validation_dir)",
+                                  group="Validation")
 
 
 @dataclass
 class BlockLrConfig:
     down: float = opt(1.0, min=0.0, max=100.0, help="learning-rate multiplier of the UNet's down blocks "
-                                                     "(and conv_in, time embedding)")
-    mid: float = opt(1.0, min=0.0, max=100.0, help="learning-rate multiplier of the UNet's mid block")
-    up: float = opt(1.0, min=0.0, max=100.0, help="learning-rate multiplier of the UNet's up blocks (and conv_out)")
+                                                     "(and conv_in, time embedding)", group="Optimizer")
+    mid: float = opt(1.0, min=0.0, max=100.0, help="learning-rate multiplier of the UNet's mid block",
+                     group="Optimizer")
+    up: float = opt(1.0, min=0.0, max=100.0, help="learning-rate multiplier of the UNet's up blocks (and conv_out)",
+                    group="Optimizer")
 
     @property
     def is_uniform(self) -> bool:
@@ -119,84 +143,106 @@ class NetworkConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = opt(1000, min=1, max=10_000_000, help="optimizer steps")
-    batch_size: int = opt(1, min=1, max=4096, help="images per micro-batch")
-    gradient_accumulation: int = opt(1, min=1, max=1024, help="micro-batches per optimizer step")
-    lr: float = opt(1e-4, min=0.0, max=1.0, help="peak learning rate")
+    steps: int = opt(1000, min=1, max=10_000_000, help="optimizer steps", group="Steps and batch")
+    batch_size: int = opt(1, min=1, max=4096, help="images per micro-batch", group="Steps and batch")
+    gradient_accumulation: int = opt(1, min=1, max=1024, help="micro-batches per optimizer step",
+                                     group="Steps and batch")
+    lr: float = opt(1e-4, min=0.0, max=1.0, help="peak learning rate", group="Optimizer")
     text_encoder_lr: Optional[float] = opt(None, min=0.0, max=1.0, help="peak learning rate of the text-encoder "
-                                                                       "LoRA (network.text_encoder; default: lr)")
+                                                                       "LoRA (network.text_encoder; default: lr)",
+                                           group="Optimizer")
     optimizer: Literal["adamw", "adamw8bit", "prodigy", "adafactor", "adamw_schedulefree", "lion", "lion8bit",
                        "came"] = opt(
         "adamw", help="adamw; adamw8bit, lion, lion8bit (bitsandbytes, GPU); prodigy (lr 1.0 by default), adafactor, "
-                      "adamw_schedulefree, came: pip install 'sdlora[optimizers]'")
-    weight_decay: float = opt(1e-2, min=0.0, max=10.0, help="AdamW weight decay")
-    adam_beta1: float = opt(0.9, min=0.0, max=1.0, help="AdamW beta1")
-    adam_beta2: float = opt(0.999, min=0.0, max=1.0, help="AdamW beta2")
-    adam_epsilon: float = opt(1e-8, min=0.0, max=1.0, help="AdamW epsilon")
+                      "adamw_schedulefree, came: pip install 'sdlora[optimizers]'", group="Optimizer")
+    weight_decay: float = opt(1e-2, min=0.0, max=10.0, help="AdamW weight decay", group="Optimizer")
+    adam_beta1: float = opt(0.9, min=0.0, max=1.0, help="AdamW beta1", group="Optimizer")
+    adam_beta2: float = opt(0.999, min=0.0, max=1.0, help="AdamW beta2", group="Optimizer")
+    adam_epsilon: float = opt(1e-8, min=0.0, max=1.0, help="AdamW epsilon", group="Optimizer")
     scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear", "cosine_with_restarts",
                        "polynomial"] = opt(
-        "constant", help="learning-rate schedule")
-    warmup_steps: int = opt(0, min=0, max=10_000_000, help="linear warm-up steps")
-    max_grad_norm: float = opt(1.0, min=0.0, max=1e6, help="gradient clipping norm (0 turns it off)")
-    mixed_precision: Literal["no", "fp16", "bf16"] = opt("no", help="frozen weights and autocast precision")
-    min_snr_gamma: Optional[float] = opt(None, min=0.0, max=100.0, help="Min-SNR loss weighting gamma (e.g. 5)")
-    noise_offset: float = opt(0.0, min=0.0, max=1.0, help="offset noise strength")
-    seed: int = opt(42, min=0, max=2**31 - 1, help="seed for LoRA init, data order and noise")
-    device: Literal["auto", "cpu", "cuda"] = opt("auto", help="where to train")
-    gradient_checkpointing: bool = opt(False, help="trade compute for memory in the UNet")
-    max_bad_steps: int = opt(5, min=1, max=1000, help="non-finite losses in a row that stop the run")
+        "constant", help="learning-rate schedule", group="Schedule")
+    warmup_steps: int = opt(0, min=0, max=10_000_000, help="linear warm-up steps", group="Schedule")
+    max_grad_norm: float = opt(1.0, min=0.0, max=1e6, help="gradient clipping norm (0 turns it off)", group="Optimizer")
+    mixed_precision: Literal["no", "fp16", "bf16"] = opt("no", help="frozen weights and autocast precision",
+                                                         group="Precision and speed")
+    min_snr_gamma: Optional[float] = opt(None, min=0.0, max=100.0, help="Min-SNR loss weighting gamma (e.g. 5)",
+                                         group="Noise and loss")
+    noise_offset: float = opt(0.0, min=0.0, max=1.0, help="offset noise strength", group="Noise and loss")
+    seed: int = opt(42, min=0, max=2**31 - 1, help="seed for LoRA init, data order and noise", group="Steps and batch")
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", help="where to train", group="Precision and speed")
+    gradient_checkpointing: bool = opt(False, help="trade compute for memory in the UNet", group="Precision and speed")
+    max_bad_steps: int = opt(5, min=1, max=1000, help="non-finite losses in a row that stop the run",
+                             group="Steps and batch")
     compile: Literal["auto", "on", "blocks", "off"] = opt(
         "off", help="torch.compile the UNet step: on = the whole UNet as one graph (fastest steps), blocks = each "
                     "attention/ResNet block on its own (repeated blocks traced once: a warm start ~9 s shorter, steps "
                     "~6% slower at batch 8), auto = on with CUDA; minutes of compile time on first use, seconds "
-                    "once cached")
+                    "once cached", group="Precision and speed")
     cuda_graphs: Literal["auto", "on", "off"] = opt(
         "auto", help="with compile on a GPU, replay the UNet step as CUDA graphs (auto: on); removes the per-step "
-                     "host overhead that bounds small batches")
-    channels_last: bool = opt(False, help="channels-last memory layout for the UNet's convolutions (CUDA; measured slower for SD 1.5 in bf16)")
+                     "host overhead that bounds small batches", group="Precision and speed")
+    channels_last: bool = opt(False, help="channels-last memory layout for the UNet's convolutions (CUDA; measured slower for SD 1.5 in bf16)",
+                              group="Precision and speed")
     report_every: int = opt(0, min=0, max=10000,
                             help="steps between loss read-backs (0: every step on the CPU, every 10 on a GPU, so "
-                                 "the GPU never waits for the host)")
+                                 "the GPU never waits for the host)", group="Logging")
     optimizer_args: dict[str, Any] = opt(default_factory=dict, help="extra keyword arguments of the optimizer, e.g. "
-                                                                    "{d_coef: 2} for prodigy (checked against it)")
-    lr_cycles: int = opt(1, min=1, max=1000, help="restarts of scheduler cosine_with_restarts")
-    lr_power: float = opt(1.0, min=0.0, max=100.0, help="power of scheduler polynomial (1: linear decay)")
-    timestep_min: int = opt(0, min=0, max=100000, help="smallest training timestep drawn")
+                                                                    "{d_coef: 2} for prodigy (checked against it)",
+                                         group="Optimizer")
+    lr_cycles: int = opt(1, min=1, max=1000, help="restarts of scheduler cosine_with_restarts", group="Schedule")
+    lr_power: float = opt(1.0, min=0.0, max=100.0, help="power of scheduler polynomial (1: linear decay)",
+                          group="Schedule")
+    timestep_min: int = opt(0, min=0, max=100000, help="smallest training timestep drawn", group="Timesteps")
     timestep_max: Optional[int] = opt(None, min=1, max=100000,
-                                      help="timesteps are drawn below this (default: the model's count, 1000)")
+                                      help="timesteps are drawn below this (default: the model's count, 1000)",
+                                      group="Timesteps")
     timestep_sampling: Literal["uniform", "logit_normal", "sigmoid"] = opt(
         "uniform", help="timestep distribution: uniform, logit_normal (sigmoid of N(mean, std), SD3's) or sigmoid "
-                        "(sigmoid of scale x N(0, 1))")
-    timestep_logit_mean: float = opt(0.0, min=-10.0, max=10.0, help="mean of timestep_sampling logit_normal")
-    timestep_logit_std: float = opt(1.0, min=0.01, max=10.0, help="std of timestep_sampling logit_normal")
-    timestep_sigmoid_scale: float = opt(1.0, min=0.01, max=10.0, help="scale of timestep_sampling sigmoid")
+                        "(sigmoid of scale x N(0, 1))", group="Timesteps")
+    timestep_logit_mean: float = opt(0.0, min=-10.0, max=10.0, help="mean of timestep_sampling logit_normal",
+                                     group="Timesteps")
+    timestep_logit_std: float = opt(1.0, min=0.01, max=10.0, help="std of timestep_sampling logit_normal",
+                                    group="Timesteps")
+    timestep_sigmoid_scale: float = opt(1.0, min=0.01, max=10.0, help="scale of timestep_sampling sigmoid",
+                                        group="Timesteps")
     loss: Literal["mse", "l1", "huber", "smooth_l1"] = opt(
-        "mse", help="loss on the prediction: mse, l1, huber or smooth_l1 (pseudo-Huber, train.huber_c)")
-    huber_c: float = opt(0.1, min=1e-6, max=10.0, help="pseudo-Huber constant of loss huber/smooth_l1")
+        "mse", help="loss on the prediction: mse, l1, huber or smooth_l1 (pseudo-Huber, train.huber_c)",
+        group="Noise and loss")
+    huber_c: float = opt(0.1, min=1e-6, max=10.0, help="pseudo-Huber constant of loss huber/smooth_l1",
+                         group="Noise and loss")
     huber_schedule: Literal["constant", "exponential", "snr"] = opt(
-        "snr", help="huber_c over timesteps, as kohya: constant, exponential or snr (default)")
-    debiased_estimation: bool = opt(False, help="weight the loss by 1/sqrt(SNR) (debiased estimation loss)")
+        "snr", help="huber_c over timesteps, as kohya: constant, exponential or snr (default)", group="Noise and loss")
+    debiased_estimation: bool = opt(False, help="weight the loss by 1/sqrt(SNR) (debiased estimation loss)",
+                                    group="Noise and loss")
     multires_noise_iterations: int = opt(0, min=0, max=20, help="multi-resolution (pyramid) noise levels; 0 off "
-                                                                 "(6-10 typical)")
-    multires_noise_discount: float = opt(0.3, min=0.0, max=1.0, help="weight decay per level of multires noise")
-    ip_noise_gamma: float = opt(0.0, min=0.0, max=1.0, help="input perturbation of the noisy latents (0.1 typical)")
+                                                                 "(6-10 typical)", group="Noise and loss")
+    multires_noise_discount: float = opt(0.3, min=0.0, max=1.0, help="weight decay per level of multires noise",
+                                         group="Noise and loss")
+    ip_noise_gamma: float = opt(0.0, min=0.0, max=1.0, help="input perturbation of the noisy latents (0.1 typical)",
+                                group="Noise and loss")
     zero_terminal_snr: bool = opt(False, help="rescale the noise schedule to zero terminal SNR (v-prediction models); "
-                                              "samples then use trailing timesteps and rescaled guidance")
-    ema: bool = opt(False, help="keep an EMA of the LoRA weights: NAME-ema.safetensors, samples drawn from it")
-    ema_decay: float = opt(0.999, min=0.0, max=1.0, help="EMA decay per optimizer step")
-    ema_warmup: bool = opt(True, help="EMA decay min(ema_decay, (1+n)/(10+n)) at update n, so early weights fade")
+                                              "samples then use trailing timesteps and rescaled guidance",
+                                  group="Noise and loss")
+    ema: bool = opt(False, help="keep an EMA of the LoRA weights: NAME-ema.safetensors, samples drawn from it",
+                    group="EMA")
+    ema_decay: float = opt(0.999, min=0.0, max=1.0, help="EMA decay per optimizer step", group="EMA")
+    ema_warmup: bool = opt(True, help="EMA decay min(ema_decay, (1+n)/(10+n)) at update n, so early weights fade",
+                           group="EMA")
     validate_every: int = opt(0, min=0, max=10_000_000, help="validation loss every N steps (0: at the end only, "
-                                                             "when a validation set is given)")
+                                                             "when a validation set is given)", group="Validation")
     log_with: Literal["none", "tensorboard", "wandb"] = opt(
-        "none", help="also log to TensorBoard (logs/ in the run folder) or Weights & Biases (offline by default)")
+        "none", help="also log to TensorBoard (logs/ in the run folder) or Weights & Biases (offline by default)",
+        group="Logging")
     base_precision: Literal["auto", "fp8"] = opt(
         "auto", help="frozen UNet Linear weights: auto = mixed_precision's dtype; fp8 = float8 e4m3 matmuls for "
                      "the frozen Linear layers, LoRA path in bf16 (needs mixed_precision bf16 and an Ada/Hopper or "
                      "newer GPU; measured 5-7% slower than bf16 for SD 1.5 on an H200, loss unchanged: "
-                     "docs/PERFORMANCE.md)")
+                     "docs/PERFORMANCE.md)", group="Precision and speed")
     cpu_threads: Optional[int] = opt(None, min=1, max=1024,
                                      help="CPU threads for training (default: OMP_NUM_THREADS if set, else the "
-                                          "cores free when the run starts); the log says how many")
+                                          "cores free when the run starts); the log says how many",
+                                     group="Precision and speed")
 
     @property
     def effective_text_encoder_lr(self) -> float:

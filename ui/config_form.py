@@ -36,6 +36,7 @@ class Field:
     optional: bool = False  # None is a valid value (an empty widget)
     minimum: float | None = None
     maximum: float | None = None
+    group: str | None = None  # sdlora.config.GROUPS: the heading it is shown under (None: its section)
 
     @property
     def section(self) -> str:
@@ -52,7 +53,7 @@ def _field_of(key: str, tp: Any, f: dataclasses.Field) -> Field:
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     meta = f.metadata
     common = dict(key=key, help=meta.get("help", ""), default=default, optional=optional,
-                  minimum=meta.get("min"), maximum=meta.get("max"))
+                  minimum=meta.get("min"), maximum=meta.get("max"), group=meta.get("group"))
     if origin is Literal:
         return Field(kind="choice", choices=typing.get_args(tp), **common)
     if origin is list:

@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from sdlora.atomic import write_text
-from sdlora.config import Config, load_config
+from sdlora.config import GROUPS, Config, load_config
 from sdlora.errors import SdloraError
 from sdlora.models import builtin_models
 from sdlora.train.requests import request
@@ -26,6 +26,7 @@ from ui.config_form import MAIN_KEYS, Field, config_fields, config_to_widgets, o
     widgets_to_config
 from ui import queue_panel
 from ui.context import AppContext
+from ui.option_groups import headings
 from ui.paths import safe_name
 from ui.run_view import EventTail, RunView
 from ui.runs import COLUMNS, holds_training, run_row, seems_alive, status_markdown, trash_run
@@ -110,17 +111,16 @@ def build(ctx: AppContext, app: gr.Blocks | None = None) -> TrainTab:
                 for key in MAIN_KEYS[row:row + 4]:
                     widgets[key] = _widget(by_key[key], ctx, values[key])
     section_boxes: dict[str, gr.Accordion] = {}
-    with gr.Accordion("Advanced (by section; options that do not apply to these settings are hidden)", open=False,
+    with gr.Accordion("Advanced (by topic; options that do not apply to these settings are hidden)", open=False,
                       elem_id="train-advanced"):
-        sections: dict[str, list[Field]] = {}
-        for f in fields:
-            if f.key not in MAIN_KEYS:
-                sections.setdefault(f.section or "model", []).append(f)
-        for section, section_fields in sections.items():
-            visible = applies(section + ".", values) if rule_for(section + ".") else True
-            with gr.Accordion(f"{section}: {_SECTION_HELP.get(section, '')}", open=False, visible=visible,
-                              elem_id=f"train-section-{section}") as box:
-                section_boxes[section] = box
+        for heading in headings([f for f in fields if f.key not in MAIN_KEYS]):
+            section, section_fields = heading.name, heading.fields
+            ruled = not heading.is_group and rule_for(section + ".") is not None
+            about = GROUPS[section] if heading.is_group else _SECTION_HELP.get(section, "")
+            with gr.Accordion(f"{section}: {about}", open=False, visible=applies(section + ".", values) if ruled
+                              else True, elem_id=heading.elem_id) as box:
+                if not heading.is_group:
+                    section_boxes[section] = box
                 for row in range(0, len(section_fields), 3):
                     with gr.Row(equal_height=False):
                         for f in section_fields[row:row + 3]:
