@@ -64,6 +64,7 @@ class WandbLogger:
             self.run = wandb.init(project="sdlora", name=config.name, dir=str(folder), config=config.to_dict(),
                                   mode=mode)
         except Exception as exc:  # online without a network or a login: wandb's own error, on one line
+            wandb.teardown()
             raise SdloraError(f"train.log_with: wandb could not start in mode {mode!r} "
                               f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); unset "
                               f"WANDB_MODE to log offline, or set train.log_with none") from None
