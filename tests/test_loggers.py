@@ -3,6 +3,7 @@ logs/wandb/ that wandb itself reads."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -80,8 +81,7 @@ def test_wandb_offline_run_in_the_run_folder_holds_the_numbers(shapes_dir, tmp_p
     before = _children()
     config = recipe_config(shapes_dir, tmp_path / "out", steps=3, log_with="wandb", validate_every=2,
                            data={"validation_split": 0.25})
-    config.sample.prompts = ["a red circle"]
-    config.sample.steps = 2
+    config = dataclasses.replace(config, sample=dataclasses.replace(config.sample, prompts=["a red circle"], steps=2))
     _, result, events = train_run(config)
     assert result.status == "done"
     runs = list((tmp_path / "out" / "r" / "logs" / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -119,12 +119,11 @@ def test_wandb_offline_run_in_the_run_folder_holds_the_numbers(shapes_dir, tmp_p
 def test_a_run_that_fails_is_a_failed_wandb_run(tmp_path, monkeypatch):
     import json
 
-    from sdlora.config import Config
+    from sdlora.config import config_from_dict
     from sdlora.train.loggers import make_logger
 
     _wandb_offline(monkeypatch, tmp_path)
-    config = Config(name="f")
-    config.train.log_with = "wandb"
+    config = config_from_dict({"name": "f", "train": {"log_with": "wandb"}})
     logger = make_logger(config, tmp_path)
     logger({"event": "step", "step": 1, "loss": 0.5, "lr": 1e-4})
     logger({"event": "error", "step": 1, "message": "out of memory"})
@@ -154,7 +153,7 @@ def test_wandb_online_without_an_account_is_a_one_line_error(tmp_path, monkeypat
     """WANDB_MODE=online asks for W&B's servers; without a login that is a one-line error saying how to log offline
     (before any network is tried: there is no API key to send)."""
     pytest.importorskip("wandb", reason="wandb is not installed (pip install 'sdlora[wandb]')")
-    from sdlora.config import Config
+    from sdlora.config import config_from_dict
     from sdlora.errors import SdloraError
     from sdlora.train.loggers import make_logger
 
@@ -163,8 +162,7 @@ def test_wandb_online_without_an_account_is_a_one_line_error(tmp_path, monkeypat
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("WANDB_MODE", "online")
-    config = Config(name="w")
-    config.train.log_with = "wandb"
+    config = config_from_dict({"name": "w", "train": {"log_with": "wandb"}})
     before = _children()
     with pytest.raises(SdloraError, match=r"^train.log_with: wandb could not start in mode 'online' \(.*API key.*\); "
                                           r"unset WANDB_MODE to log offline") as err:
