@@ -13,6 +13,10 @@ an ignored kit folder (default `.peers/` in the repository root):
                                 0.32.1, ...): first on kohya's path only, since its code does not import under
                                 transformers 5
 
+A copy of this file may sit in the kit as `.peers/peers.py` (same behaviour: it finds bench/ and the kit from
+the repository root). Where the machine's pyarrow is too old for the kit's `datasets`, the diffusers example is
+fed through a small stand-in (DATASETS_SHIM below) and the JSON says so.
+
 Each peer runs as its own process, as its users run it (SD 1.5 with random weights, LoRA rank 16 on the UNet,
 bf16 mixed precision, AdamW, lr 1e-4 constant, no sampling or saving mid-run), for warmup + steps optimizer
 steps. Both log a scalar to tensorboard after every step, after a `.item()` that waits for the GPU, so the event
@@ -76,6 +80,97 @@ def versions(env: dict) -> dict:
         return json.loads(done.stdout.strip().splitlines()[-1])
     except Exception as exc:  # noqa: BLE001 - the versions are a note, never a reason to stop the round
         return {"error": repr(exc)}
+
+
+DATASETS_SHIM = '''"""A stand-in for `datasets`, used only where the real one does not import (bench/peers.py writes it).
+
+It serves what train_text_to_image_lora.py asks of it: load_dataset("imagefolder", data_files={"train": DIR/**})
+over a metadata.jsonl of file_name/text, shuffle, select, with_transform (applied to a batch of one, as
+`datasets` does) and the logging verbosity calls.
+"""
+import json
+import os
+import random
+
+from PIL import Image
+
+
+class _Logging:
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+class utils:
+    logging = _Logging()
+
+
+class Dataset:
+    column_names = ["image", "text"]
+
+    def __init__(self, rows, transform=None):
+        self.rows, self.transform = rows, transform
+
+    def __len__(self):
+        return len(self.rows)
+
+    def shuffle(self, seed=None):
+        rows = list(self.rows)
+        random.Random(seed).shuffle(rows)
+        return Dataset(rows, self.transform)
+
+    def select(self, indices):
+        return Dataset([self.rows[i] for i in indices], self.transform)
+
+    def with_transform(self, transform):
+        return Dataset(self.rows, transform)
+
+    def __getitem__(self, index):
+        path, text = self.rows[index]
+        image = Image.open(path)
+        image.load()
+        batch = {"image": [image], "text": [text]}
+        if self.transform is not None:
+            batch = self.transform(batch)
+        return {key: value[0] for key, value in batch.items()}
+
+
+def load_dataset(name, data_files=None, **kwargs):
+    if name != "imagefolder" or not data_files:
+        raise NotImplementedError("the datasets stand-in reads only an imagefolder with a metadata.jsonl")
+    folder = os.path.dirname(data_files["train"])
+    rows = []
+    with open(os.path.join(folder, "metadata.jsonl"), encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                entry = json.loads(line)
+                rows.append((os.path.join(folder, entry["file_name"]), entry["text"]))
+    return {"train": Dataset(rows)}
+'''
+
+
+def datasets_site(env: dict, data: Path, args) -> tuple[Path | None, str | None]:
+    """(a folder holding the `datasets` stand-in, why) where the real `datasets` cannot load the example's
+    imagefolder `data` (checked once; it also fills the cache the run then reads), else (None, None)."""
+    if args.datasets_shim:
+        why = "--datasets-shim"
+    elif args.datasets_checked is not None:
+        why = args.datasets_checked or None
+    else:
+        code = ("import datasets, sys\nd = datasets.load_dataset('imagefolder', data_files={'train': sys.argv[1]},"
+                " cache_dir=sys.argv[2])\nprint(d['train'].column_names)")
+        try:
+            done = subprocess.run([sys.executable, "-c", code, str(data / "**"), str(args.work_dir / "hf")], env=env,
+                                  capture_output=True, text=True, timeout=180)
+            why = None if done.returncode == 0 else (done.stderr.strip().splitlines() or ["failed"])[-1]
+        except subprocess.TimeoutExpired:
+            why = "loading the imagefolder timed out"
+        args.datasets_checked = why or ""
+    if why is None:
+        return None, None
+    folder = args.work_dir / "datasets-shim"
+    (folder / "datasets").mkdir(parents=True, exist_ok=True)
+    (folder / "datasets" / "__init__.py").write_text(DATASETS_SHIM, encoding="utf-8")
+    return folder, why
 
 
 def kohya_data(data_dir: Path, work: Path, batch: int, total_steps: int) -> Path:
@@ -183,10 +278,16 @@ def run_one(peer: str, batch: int, kit: Path, model_dir: Path, data_dir: Path, s
         cwd = kit / "sd-scripts"
     else:
         env = peer_env([sites["common"]], args)
-        command = diffusers_command(kit, model_dir, diffusers_data(data_dir, args.work_dir), out, batch, args)
+        data = diffusers_data(data_dir, args.work_dir)
+        shim, why = datasets_site(env, data, args)
+        if shim is not None:
+            env = peer_env([shim, sites["common"]], args)
+        command = diffusers_command(kit, model_dir, data, out, batch, args)
         cwd = kit / "diffusers"
     row = {"peer": peer, "batch": batch, "warmup": args.warmup, "steps": args.steps, "versions": versions(env),
            "command": " ".join(command)}
+    if peer == "diffusers":
+        row["datasets"] = f"stand-in ({why})" if shim is not None else "real"
     log = out / "log.txt"
     start = time.time()
     with open(log, "w", encoding="utf-8") as sink:
@@ -250,11 +351,14 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, help="reuse this folder of images + .txt captions (made if empty)")
     parser.add_argument("--site-common", type=Path, help="an installed whl-common (default: installed now)")
     parser.add_argument("--site-kohya", type=Path, help="an installed whl-kohya (default: installed now)")
+    parser.add_argument("--datasets-shim", action="store_true",
+                        help="feed the diffusers example through the datasets stand-in even where datasets imports")
     parser.add_argument("--timeout", type=float, default=150, help="seconds one run may take")
-    parser.add_argument("--budget", type=float, default=330, help="seconds the whole round may take")
+    parser.add_argument("--budget", type=float, default=420, help="seconds the whole round may take")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     started = time.time()
+    args.datasets_checked = None  # set by the first diffusers run: "" (datasets works) or why it does not
     args.work_dir = (args.work_dir or Path(tempfile.mkdtemp(prefix="peers-"))).resolve()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     kit = args.kit.resolve()
