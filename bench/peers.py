@@ -185,23 +185,28 @@ def kohya_data(data_dir: Path, work: Path, batch: int, total_steps: int) -> Path
     return parent
 
 
-def diffusers_data(data_dir: Path, work: Path) -> Path:
-    """The `imagefolder` layout the diffusers example reads: the images beside a metadata.jsonl of captions."""
-    folder = work / "diffusers-data"
+def diffusers_data(data_dir: Path, work: Path, need: int) -> Path:
+    """The `imagefolder` layout the diffusers example reads: the images beside a metadata.jsonl of captions,
+    each image linked as often as it takes to hold `need` samples, so one epoch holds every step (the example
+    starts new data-loader workers at each epoch; kohya gets the same through its repeats)."""
+    images = sorted(p for p in data_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    repeats = max(1, math.ceil(need / max(1, len(images))))
+    folder = work / f"diffusers-data-{repeats}"
     if (folder / "metadata.jsonl").is_file():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
-    for image in sorted(p for p in data_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")):
-        dest = folder / image.name
-        if not dest.exists():
-            try:
-                os.link(image, dest)
-            except OSError:
-                shutil.copy2(image, dest)
-        caption = image.with_suffix(".txt")
-        text = caption.read_text(encoding="utf-8").strip() if caption.is_file() else "a photo"
-        lines.append(json.dumps({"file_name": image.name, "text": text}))
+    for copy in range(repeats):
+        for image in images:
+            dest = folder / f"{image.stem}-{copy}{image.suffix}"
+            if not dest.exists():
+                try:
+                    os.link(image, dest)
+                except OSError:
+                    shutil.copy2(image, dest)
+            caption = image.with_suffix(".txt")
+            text = caption.read_text(encoding="utf-8").strip() if caption.is_file() else "a photo"
+            lines.append(json.dumps({"file_name": dest.name, "text": text}))
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
 
@@ -266,6 +271,17 @@ def tail(path: Path, lines: int = 25) -> str:
     return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
 
+def die_with_parent() -> None:
+    """In the peer's process, before it starts: the kernel kills it if this runner is killed (a caller's
+    timeout), so no orphaned training keeps the GPU busy for the stages after it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def run_one(peer: str, batch: int, kit: Path, model_dir: Path, data_dir: Path, sites: dict, args,
             timeout: float) -> dict:
     out = args.work_dir / f"{peer}-b{batch}"
@@ -278,7 +294,7 @@ def run_one(peer: str, batch: int, kit: Path, model_dir: Path, data_dir: Path, s
         cwd = kit / "sd-scripts"
     else:
         env = peer_env([sites["common"]], args)
-        data = diffusers_data(data_dir, args.work_dir)
+        data = diffusers_data(data_dir, args.work_dir, batch * total)
         shim, why = datasets_site(env, data, args)
         if shim is not None:
             env = peer_env([shim, sites["common"]], args)
@@ -292,7 +308,7 @@ def run_one(peer: str, batch: int, kit: Path, model_dir: Path, data_dir: Path, s
     start = time.time()
     with open(log, "w", encoding="utf-8") as sink:
         proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=die_with_parent)
         try:
             row["returncode"] = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -354,7 +370,7 @@ def main() -> None:
     parser.add_argument("--datasets-shim", action="store_true",
                         help="feed the diffusers example through the datasets stand-in even where datasets imports")
     parser.add_argument("--timeout", type=float, default=150, help="seconds one run may take")
-    parser.add_argument("--budget", type=float, default=420, help="seconds the whole round may take")
+    parser.add_argument("--budget", type=float, default=380, help="seconds the whole round may take")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     started = time.time()
@@ -362,10 +378,19 @@ def main() -> None:
     args.work_dir = (args.work_dir or Path(tempfile.mkdtemp(prefix="peers-"))).resolve()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     kit = args.kit.resolve()
+    for need in ("sd-scripts/train_network.py", "diffusers/train_text_to_image_lora.py"):
+        if not (kit / need).is_file():
+            raise SystemExit(f"{kit / need}: missing; give the kit folder with --kit (see this file's docstring)")
     sites = {"common": args.site_common or install(kit / "whl-common", args.work_dir / "site-common"),
              "kohya": args.site_kohya or install(kit / "whl-kohya", args.work_dir / "site-kohya")}
     model_dir, data_dir = ensure_inputs(args)
-    rows = []
+    rows: list[dict] = []
+    result = {
+        "machine": platform.node(), "python": platform.python_version(), "device": args.device,
+        "gpu": gpu_name(args.device), "resolution": args.resolution, "rank": args.rank,
+        "kit": {name: read(kit / name / "COMMIT") for name in ("sd-scripts", "diffusers")},
+        "method": "tensorboard wall time of each step's first scalar; samples/s over the steps after warm-up",
+        "runs": rows, "complete": False}
     for batch in args.batch:
         for peer in args.peers:
             left = args.budget - (time.time() - started)
@@ -376,21 +401,23 @@ def main() -> None:
             rows.append(row)
             print(json.dumps({k: row.get(k) for k in ("peer", "batch", "samples_per_s", "wall_s", "error")}),
                   file=sys.stderr, flush=True)
-    result = {
-        "machine": platform.node(), "python": platform.python_version(), "device": args.device,
-        "gpu": gpu_name(args.device), "resolution": args.resolution, "rank": args.rank,
-        "kit": {name: read(kit / name / "COMMIT") for name in ("sd-scripts", "diffusers")},
-        "method": "tensorboard wall time of each step's first scalar; samples/s over the steps after warm-up",
-        "runs": rows, "total_s": round(time.time() - started, 1)}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n", encoding="utf-8")
+            write_json(args.json, result | {"total_s": round(time.time() - started, 1)})  # kept if killed later
+    result |= {"complete": True, "total_s": round(time.time() - started, 1)}
+    write_json(args.json, result)
+    print(json.dumps(result, indent=2))
     print(f"\n{'peer':<10} {'batch':>5} {'samples/s':>10} {'s/step':>8} {'first step s':>12} {'wall s':>7}  error")
     for row in rows:
         print(f"{row['peer']:<10} {row['batch']:>5} {fmt(row.get('samples_per_s')):>10} {fmt(row.get('step_s')):>8}"
               f" {fmt(row.get('first_step_s')):>12} {fmt(row.get('wall_s')):>7}  {row.get('error', '')}")
+
+
+def write_json(path: Path | None, result: dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    part.replace(path)
 
 
 def fmt(value) -> str:
