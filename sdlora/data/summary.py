@@ -103,6 +103,14 @@ def summarize(dataset: TrainDataset, batch_size: int | None = None) -> DataSumma
         subsets=subset_lines(dataset) if config.subsets else [])
 
 
+def subset_note(dataset: TrainDataset) -> str:
+    """With data.subsets, the images each folder gives (" (data.dir 6, data.subsets[0] 8)"); else ""."""
+    if not dataset.config.subsets:
+        return ""
+    images = Counter(e.subset for e in dataset.records)
+    return " (" + ", ".join(f"{s.key} {images[n]}" for n, s in enumerate(dataset.index.subsets)) + ")"
+
+
 def subset_lines(dataset: TrainDataset) -> list[str]:
     """Each folder of the run with its usable images and its samples per epoch."""
     subsets = dataset.index.subsets
