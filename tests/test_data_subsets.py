@@ -234,6 +234,20 @@ def test_a_resumed_run_with_subsets_ends_bitwise_identical(shapes_dir, tmp_path)
     assert recorded["data"]["subsets"][0]["dir"] == str(other) and recorded["data"]["subsets"][0]["trigger"] == "zxq"
 
 
+def test_the_two_concepts_preset_draws_its_folders_as_the_demo_does(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    preset = ROOT / "presets" / "two-concepts.yaml"
+    config = resolve_data_dir(load_config(preset), preset)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dataset = build_dataset(config.data)
+    rings, shapes = dataset.index.subsets
+    assert epoch_counts(dataset, epochs=1) == {0: 80, 1: 80}  # the demo's 80 rings and 80 regularization samples
+    assert (rings.loss_weight, shapes.loss_weight) == (1.0, 0.5)
+    assert (rings.config.caption_dropout, shapes.config.caption_dropout) == (0.1, 0.0)  # inherited / its own
+
+
+@pytest.mark.slow  # ~15-20 s: --dry-run loads the model
 def test_the_two_concepts_preset_dry_runs_and_lists_both_folders(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "sdlora.cli", "train", "--preset",
                            str(ROOT / "presets" / "two-concepts.yaml"), "--dry-run"],

@@ -47,7 +47,8 @@ class DataSummary:
         out = [f"images: {self.images} ({self.with_caption} with caption files, "
                f"{self.images - self.with_caption} using a folder or the default caption)"]
         folders = "".join(f", {name} x{n} ({count} images)" for name, (n, count) in self.folder_repeats.items())
-        out.append(f"repeats: data.repeats {self.repeats}{folders} -> {self.samples_per_epoch} samples per epoch"
+        repeats = "per subset (below)" if self.subsets else f"data.repeats {self.repeats}"
+        out.append(f"repeats: {repeats}{folders} -> {self.samples_per_epoch} samples per epoch"
                    + (f" ({self.reg_samples} of them regularization)" if self.reg_samples else ""))
         if self.subsets:
             out.append(f"subsets: {len(self.subsets)} folders")
