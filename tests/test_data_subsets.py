@@ -258,3 +258,16 @@ def test_the_two_concepts_preset_dry_runs_and_lists_both_folders(tmp_path):
                                                                                 .glob("*.png")))
     assert f"data.subsets[0] {ROOT / 'examples' / 'demo'}: {demo} image(s)" in proc.stdout
     assert f"data.subsets[1] {ROOT / 'examples' / 'demo-reg'}: {reg} image(s)" in proc.stdout
+
+
+def test_a_missing_caption_names_the_default_caption_its_folder_uses(tmp_path):
+    dogs, cats = tmp_path / "dogs", tmp_path / "cats"
+    save(gradient((64, 64), 1), dogs / "d.png")
+    save(gradient((64, 64), 2), cats / "c.png")
+    dataset, messages = data(default_caption="a photo", subsets=[
+        {"dir": str(dogs)}, {"dir": str(cats), "default_caption": "a cat", "caption_extension": ".caption"}])
+    assert [e.caption for e in dataset.records] == ["a photo", "a cat"]
+    assert any(f"1 image(s) have no .txt caption (first: {dogs / 'd.png'}); using data.default_caption 'a photo'"
+               in m for m in messages)
+    assert any(f"1 image(s) have no .caption caption (first: {cats / 'c.png'}); using "
+               f"data.subsets[1].default_caption 'a cat'" in m for m in messages)

@@ -184,11 +184,12 @@ def report_problems(index: DataIndex) -> None:
     config = index.config
     for problem in index.problems:
         warnings.warn(problem.line())
-    defaults = [e for e in index.entries if e.caption_source == "default"]
-    if defaults:
-        warnings.warn(f"{len(defaults)} image(s) have no {config.caption_extension} caption (first: "
-                      f"{defaults[0].path}); using data.default_caption {config.default_caption!r}")
     for number, (subset, files) in enumerate(zip(index.subsets, index.subset_files)):
+        defaults = [e for e in index.entries if e.caption_source == "default" and e.subset == number]
+        if defaults:  # data.default_caption, or the subset's own
+            warnings.warn(f"{len(defaults)} image(s) have no {subset.config.caption_extension} caption (first: "
+                          f"{defaults[0].path}); using {subset.option_key('default_caption')} "
+                          f"{subset.config.default_caption!r}")
         skipped = sum(p.skipped for p in index.problems if Path(subset.dir) in p.path.parents)
         if files and skipped:
             used = sum(e.subset == number for e in index.entries)

@@ -30,7 +30,7 @@ class Entry:
     caption_source: str  # "file" | "folder" (kohya `N_name`) | "default"
     size: Size  # (height, width) after the EXIF rotation
     bucket: Size  # (height, width) it trains at
-    repeats: int  # per epoch: `N_name` folder x data.repeats (regularization: the folder's N only)
+    repeats: int  # per epoch: `N_name` folder x its subset's repeats (regularization: the folder's N only)
     is_reg: bool
     content_hash: str
     mode: str

@@ -23,6 +23,7 @@ class Subset:
     config: DataConfig  # the data settings of its images: dir, repeats, trigger and caption options its own
     loss_weight: float
     is_reg: bool = False
+    own: tuple[str, ...] = ()  # the caption options the subset sets itself (the others are data.*'s)
 
     @property
     def dir_key(self) -> str:
@@ -31,6 +32,10 @@ class Subset:
     @property
     def dir(self) -> str:
         return self.config.dir
+
+    def option_key(self, name: str) -> str:
+        """The key a caption option of this folder comes from: the subset's own, or data.*'s."""
+        return f"{self.key}.{name}" if name in self.own else f"data.{name}"
 
 
 def subset_data(data: DataConfig, subset: SubsetConfig) -> DataConfig:
@@ -45,7 +50,8 @@ def subsets_of(data: DataConfig) -> list[Subset]:
     found = []
     if data.dir or not data.subsets:
         found.append(Subset("data.dir", dataclasses.replace(data, subsets=[]), 1.0))
-    found += [Subset(f"data.subsets[{i}]", subset_data(data, s), s.loss_weight) for i, s in enumerate(data.subsets)]
+    found += [Subset(f"data.subsets[{i}]", subset_data(data, s), s.loss_weight,
+                     own=tuple(n for n in INHERITED if getattr(s, n) is not None)) for i, s in enumerate(data.subsets)]
     if data.reg_dir:
         # Regularization images keep data's caption options (and trigger), as they always have.
         found.append(Subset("data.reg_dir", dataclasses.replace(data, dir=data.reg_dir, subsets=[]), data.reg_weight,
@@ -54,7 +60,7 @@ def subsets_of(data: DataConfig) -> list[Subset]:
 
 
 def describe(subsets: list[Subset], images: list[int], samples: list[int]) -> list[str]:
-    """One line per subset with its image and sample counts, for the dry run and the app."""
+    """One line per subset with its image and sample counts (the dry run's data summary)."""
     lines = []
     for subset, n_images, n_samples in zip(subsets, images, samples):
         extra = f", trigger {subset.config.trigger!r}" if subset.config.trigger else ""
