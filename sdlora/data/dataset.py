@@ -181,7 +181,6 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def report_problems(index: DataIndex) -> None:
     """One warning per problem file, the missing-caption count, and the count of skipped files."""
-    config = index.config
     for problem in index.problems:
         warnings.warn(problem.line())
     for number, (subset, files) in enumerate(zip(index.subsets, index.subset_files)):
