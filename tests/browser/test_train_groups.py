@@ -4,7 +4,6 @@ apply to the current choices appearing and disappearing as the optimizer and the
 
 from __future__ import annotations
 
-import pytest
 from playwright.sync_api import expect
 
 from browser.conftest import ARTIFACTS
@@ -18,7 +17,6 @@ def choose(page, elem_id: str, value: str) -> None:
     expect(field(page, elem_id)).to_have_value(value)
 
 
-@pytest.mark.slow  # ~30 s on a busy 2-core machine, most of it Gradio's round trips
 def test_recipe_options_under_group_headings_hide_what_does_not_apply(page):
     pick_preset(page)
     page.locator("#train-advanced").click()
