@@ -1,5 +1,8 @@
 """The typed run configuration: a preset (YAML) plus `--set` overrides, validated once into `Config`.
 
+The config objects are frozen after validation: code that needs a changed copy uses `dataclasses.replace` (or
+`replace_keys` for dotted keys), so no part of a run can change what another part reads.
+
 Each section is a dataclass whose fields carry their default, their allowed range and a one-line help text in
 `metadata`. Validation walks the dataclasses, so adding an option is adding one field. Every problem is a
 `SdloraError` that names the dotted key (and, for an unknown key, the nearest valid one).
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import re
@@ -32,7 +36,7 @@ def opt(default: Any = dataclasses.MISSING, *, help: str, min: float | None = No
     return field(default=default, metadata=meta)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     dir: str = opt("", help="folder of images with same-stem caption files (searched recursively)")
     resolution: int = opt(512, min=64, max=4096, help="training side length in pixels (area for buckets)")
@@ -64,7 +68,7 @@ class DataConfig:
                                                                "loss (deterministic; instead of validation_dir)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class BlockLrConfig:
     down: float = opt(1.0, min=0.0, max=100.0, help="learning-rate multiplier of the UNet's down blocks "
                                                      "(and conv_in, time embedding)")
@@ -76,7 +80,7 @@ class BlockLrConfig:
         return self.down == self.mid == self.up == 1.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class NetworkConfig:
     rank: int = opt(16, min=1, max=1024, help="LoRA rank r (default 16; 64 in mode lcm)")
     alpha: Optional[float] = opt(None, min=0.0, max=100000.0, help="LoRA alpha; output scaled by alpha/rank (default: rank)")
@@ -117,7 +121,7 @@ class NetworkConfig:
         return float(self.effective_conv_rank if self.alpha is None else self.alpha)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     steps: int = opt(1000, min=1, max=10_000_000, help="optimizer steps")
     batch_size: int = opt(1, min=1, max=4096, help="images per micro-batch")
@@ -203,7 +207,7 @@ class TrainConfig:
         return self.lr if self.text_encoder_lr is None else self.text_encoder_lr
 
 
-@dataclass
+@dataclass(frozen=True)
 class SampleConfig:
     every: int = opt(0, min=0, max=10_000_000, help="sample every N steps (0: only at the end)")
     prompts: list[str] = opt(default_factory=list, help="prompts to sample")
@@ -218,7 +222,7 @@ class SampleConfig:
                                                                           "else 0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SaveConfig:
     every: int = opt(0, min=0, max=10_000_000, help="checkpoint every N steps (0: only at the end)")
     format: Literal["kohya", "diffusers"] = opt(
@@ -229,7 +233,7 @@ class SaveConfig:
     output_dir: str = opt("outputs", help="folder that holds run folders")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LcmConfig:
     num_ddim_timesteps: int = opt(50, min=2, max=1000, help="DDIM skipping-schedule length of the ODE solver")
     w_min: float = opt(3.0, min=0.0, max=30.0, help="smallest teacher guidance scale drawn per sample")
@@ -238,7 +242,7 @@ class LcmConfig:
     timestep_scaling: float = opt(10.0, min=0.0, max=1000.0, help="boundary-condition timestep scaling")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     name: str = opt("lora", help="run name: outputs/NAME and NAME.safetensors")
     model: str = opt("tiny", help="'tiny' (built-in), a diffusers-format model folder, or a single-file "
@@ -347,8 +351,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raw = {}
     if not isinstance(raw, dict):
         raise SdloraError(f"{prefix or 'preset'}: expected a mapping of keys, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: (f, tp) for f, tp in section_fields(cls)}
     kwargs = {}
     for key, value in raw.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
@@ -357,12 +360,12 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             hint = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else \
                 f"valid keys: {', '.join(fields)}"
             raise SdloraError(f"unknown key '{dotted}': {hint}")
-        tp = hints[key]
+        field_, tp = fields[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, dotted)
             continue
         value = _coerce(value, tp, dotted)
-        meta = fields[key].metadata
+        meta = field_.metadata
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             lo, hi = meta.get("min"), meta.get("max")
             # NaN compares false with everything, so it would pass the range test: refused on its own, like inf.
@@ -483,6 +486,18 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     return cfg
 
 
+def replace_keys(cfg: Any, values: dict[str, Any], prefix: str = "") -> Any:
+    """A copy of a (frozen) config with these dotted keys changed, e.g. `replace_keys(cfg, {"save.every": 2})`:
+    `dataclasses.replace` down the path. The values are not validated again (config_from_dict does that)."""
+    for key, value in values.items():
+        head, _, rest = key.partition(".")
+        if not dataclasses.is_dataclass(cfg) or head not in {f.name for f, _ in section_fields(type(cfg))}:
+            raise SdloraError(f"unknown key '{prefix}{key}'")
+        inner = replace_keys(getattr(cfg, head), {rest: value}, f"{prefix}{head}.") if rest else value
+        cfg = dataclasses.replace(cfg, **{head: inner})
+    return cfg
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`train.steps=200` -> (['train', 'steps'], 200); the value is parsed as YAML (so 1e-4, true, [a, b] work)."""
     if "=" not in text:
@@ -546,13 +561,53 @@ def load_config(preset: Path | None, overrides: list[str] | None = None) -> Conf
 
 def describe_options(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any]]:
     """(dotted key, help, default) for every option: the reference that README and UI show."""
-    rows = []
-    for f in dataclasses.fields(cls):
-        dotted = f"{prefix}.{f.name}" if prefix else f.name
-        tp = typing.get_type_hints(cls)[f.name]
+    return [(option.key, option.help, option.default) for option in walk_options(cls, prefix)]
+
+
+# ----------------------------------------------------------------------------------------------- the walker
+
+
+@functools.lru_cache(maxsize=None)
+def section_fields(cls: type) -> tuple[tuple[dataclasses.Field, Any], ...]:
+    """The fields of one config dataclass with their resolved annotations, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f, hints[f.name]) for f in dataclasses.fields(cls))
+
+
+@dataclass(frozen=True)
+class Option:
+    """One leaf option of the config: its dotted key, annotation and dataclass field (help, range, default)."""
+
+    key: str
+    type: Any
+    field: dataclasses.Field
+
+    @property
+    def help(self) -> str:
+        return self.field.metadata.get("help", "")
+
+    @property
+    def minimum(self) -> float | None:
+        return self.field.metadata.get("min")
+
+    @property
+    def maximum(self) -> float | None:
+        return self.field.metadata.get("max")
+
+    @property
+    def default(self) -> Any:
+        f = self.field
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def walk_options(cls: type = Config, prefix: str = "") -> list[Option]:
+    """Every leaf option of the config, depth first, in the dataclasses' order: the one walk behind the options
+    reference (describe_options) and the app's form (ui.config_form); validation (_build) reads section_fields."""
+    options = []
+    for f, tp in section_fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
         if dataclasses.is_dataclass(tp):
-            rows.extend(describe_options(tp, dotted))
+            options.extend(walk_options(tp, key))
         else:
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            rows.append((dotted, f.metadata.get("help", ""), default))
-    return rows
+            options.append(Option(key, tp, f))
+    return options
