@@ -477,11 +477,11 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     network_raw = raw.get("network") if isinstance(raw.get("network"), dict) else {}
     if cfg.mode == "lcm" and "rank" not in network_raw:
         # LCM-LoRA distils a whole sampler, not a concept: its default rank is the paper's 64 (arXiv 2311.05556).
-        cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, rank=LCM_DEFAULT_RANK))
+        cfg = replace_keys(cfg, {"network.rank": LCM_DEFAULT_RANK})
     train_raw = raw.get("train") if isinstance(raw.get("train"), dict) else {}
     if cfg.train.optimizer == "prodigy" and "lr" not in train_raw:
         # Prodigy estimates the step size itself; lr is a multiplier of its estimate, 1.0 as its authors advise.
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=PRODIGY_DEFAULT_LR))
+        cfg = replace_keys(cfg, {"train.lr": PRODIGY_DEFAULT_LR})
     _cross_checks(cfg)
     return cfg
 

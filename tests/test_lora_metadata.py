@@ -87,13 +87,17 @@ def test_kohya_and_foreign_metadata_read_leniently_but_a_broken_lcm_number_names
         read_metadata({"sdlora_mode": "lcm", "sdlora_lcm_steps": "four"}, "odd.safetensors")
 
 
-def test_only_the_schema_module_spells_the_lcm_keys():
-    """Every reader goes through sdlora.lora.metadata: no other module of the product spells an sdlora_lcm_ key."""
+def test_only_the_schema_module_spells_the_adapter_metadata_keys():
+    """Every reader and writer goes through sdlora.lora.metadata: no other module of the product spells an ss_* or
+    sdlora_* key, except two that are not adapter metadata (a checkpoint's state.json, a base model file's)."""
+    allowed = {"sdlora/train/checkpoint.py": {"sdlora_version"},
+               "sdlora/models/single_file.py": {"ss_v_parameterization"}}
     offenders = []
     for folder in ("sdlora", "ui"):
         for source in sorted((ROOT / folder).rglob("*.py")):
-            if source.name == "metadata.py" and source.parent.name == "lora":
+            name = str(source.relative_to(ROOT))
+            if name == "sdlora/lora/metadata.py":
                 continue
-            if re.search(r"[\"']sdlora_lcm_", source.read_text(encoding="utf-8")):
-                offenders.append(str(source.relative_to(ROOT)))
+            keys = set(re.findall(r"[\"'](s(?:s|dlora)_[a-z0-9_]+)", source.read_text(encoding="utf-8")))
+            offenders += [f"{name}: {key}" for key in sorted(keys - allowed.get(name, set()))]
     assert offenders == []
