@@ -83,8 +83,10 @@ def test_kohya_and_foreign_metadata_read_leniently_but_a_broken_lcm_number_names
     assert (kohya.family, kohya.steps, kohya.base_model, kohya.dylora_unit, kohya.mode) == ("sdxl", None, "x", 4,
                                                                                           "standard")
     assert read_metadata({"ss_v2": "True"}).family == "sd2" and read_metadata(None).family is None
+    broken = read_metadata({"sdlora_mode": "lcm", "sdlora_lcm_steps": "four", "ss_steps": "9"}, "odd.safetensors")
+    assert broken.steps == 9 and broken.training()["ss_steps"] == "9"  # inspect still reads the file
     with pytest.raises(SdloraError, match=r"^odd\.safetensors: its sdlora_lcm_\* metadata"):
-        read_metadata({"sdlora_mode": "lcm", "sdlora_lcm_steps": "four"}, "odd.safetensors")
+        broken.lcm  # noqa: B018  (sampling it is refused)
 
 
 def test_only_the_schema_module_spells_the_adapter_metadata_keys():

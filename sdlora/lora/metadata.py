@@ -70,8 +70,28 @@ class AdapterMetadata:
     base_model: str | None = None  # sdlora_base_model, else kohya's ss_sd_model_name
     steps: int | None = None  # ss_steps: optimizer steps trained
     dylora_unit: int = 1  # sdlora_dylora_unit, else kohya's ss_network_args `unit`
-    lcm: LcmSampling | None = None  # set when mode is lcm
     raw: dict[str, str] = field(default_factory=dict)
+    where: str = "adapter"  # the file, for errors
+
+    @property
+    def lcm(self) -> LcmSampling | None:
+        """How an LCM adapter wants to be sampled (None: not an LCM adapter). A broken sdlora_lcm_* number is a
+        `SdloraError` naming the file, raised here (when sampling) rather than on reading, so inspect, convert and
+        resize still read the file."""
+        raw = self.raw
+        if self.mode != "lcm":
+            return None
+        try:
+            return LcmSampling(
+                scheduler=raw.get("sdlora_lcm_scheduler", LCM_SCHEDULER),
+                steps=int(float(raw.get("sdlora_lcm_steps", LCM_STEPS))),
+                guidance=float(raw.get("sdlora_lcm_guidance", LCM_GUIDANCE)),
+                original_steps=int(raw["sdlora_lcm_original_steps"]) if "sdlora_lcm_original_steps" in raw else None,
+                timestep_scaling=(float(raw["sdlora_lcm_timestep_scaling"]) if "sdlora_lcm_timestep_scaling" in raw
+                                  else None))
+        except ValueError:
+            raise SdloraError(f"{self.where}: its sdlora_lcm_* metadata (steps, guidance, solver schedule) is not a "
+                              f"number; fix the metadata or give --steps and --guidance") from None
 
     @property
     def family(self) -> str | None:
@@ -92,28 +112,15 @@ class AdapterMetadata:
 
 
 def read_metadata(meta: dict[str, str] | None, where: str = "adapter") -> AdapterMetadata:
-    """Typed metadata of any adapter file. Values sdlora does not need to sample are read leniently (a foreign or
-    broken value reads as absent); a broken sdlora_lcm_* number is a `SdloraError` naming `where`, since sampling
-    an LCM adapter with the wrong steps or schedule gives noise."""
+    """Typed metadata of any adapter file (`where` names it in errors). Values are read leniently: a foreign or
+    broken value reads as absent, except the LCM sampling numbers (see `AdapterMetadata.lcm`), since sampling an
+    LCM adapter with the wrong steps or schedule gives noise."""
     raw = {str(k): str(v) for k, v in (meta or {}).items()}
-    mode = raw.get("sdlora_mode", "standard")
-    lcm = None
-    if mode == "lcm":
-        try:
-            lcm = LcmSampling(
-                scheduler=raw.get("sdlora_lcm_scheduler", LCM_SCHEDULER),
-                steps=int(float(raw.get("sdlora_lcm_steps", LCM_STEPS))),
-                guidance=float(raw.get("sdlora_lcm_guidance", LCM_GUIDANCE)),
-                original_steps=int(raw["sdlora_lcm_original_steps"]) if "sdlora_lcm_original_steps" in raw else None,
-                timestep_scaling=(float(raw["sdlora_lcm_timestep_scaling"]) if "sdlora_lcm_timestep_scaling" in raw
-                                  else None))
-        except ValueError:
-            raise SdloraError(f"{where}: its sdlora_lcm_* metadata (steps, guidance, solver schedule) is not a "
-                              f"number; fix the metadata or give --steps and --guidance") from None
-    return AdapterMetadata(mode=mode, network_type=raw.get("sdlora_network_type"),
+    return AdapterMetadata(mode=raw.get("sdlora_mode", "standard"), network_type=raw.get("sdlora_network_type"),
                            base_model_version=raw.get("ss_base_model_version", ""), v2=raw.get("ss_v2") == "True",
                            base_model=raw.get("sdlora_base_model") or raw.get("ss_sd_model_name"),
-                           steps=_int_or_none(raw.get("ss_steps")), dylora_unit=_dylora_unit(raw), lcm=lcm, raw=raw)
+                           steps=_int_or_none(raw.get("ss_steps")), dylora_unit=_dylora_unit(raw), raw=raw,
+                           where=where)
 
 
 def _int_or_none(value: str | None) -> int | None:
