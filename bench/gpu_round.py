@@ -65,7 +65,7 @@ EAGER_TYPES = [  # (label, --set overrides): the step cost of each network type,
     ("lora", ()), ("locon", ("network.targets=[to_q,to_k,to_v,to_out.0,proj_in,proj_out,conv1,conv2]",
                              "network.conv_rank=8", "network.conv_alpha=4")),
     ("loha", ("network.type=loha",)), ("lokr", ("network.type=lokr",)), ("dora", ("network.type=dora",)),
-    ("dylora", ("network.type=dylora", "network.dylora_unit=4")),
+    ("dylora", ("network.type=dylora", "network.dylora_unit=4")), ("lora+ema+val", FEATURES),
 ]
 
 
@@ -282,19 +282,30 @@ def stage_fp8_first_step(args) -> dict:
 
 
 def stage_types_eager(args) -> dict:
-    """Each network type at batch 8 without compile (each a train_speed.py process): the step cost against LoRA."""
+    """Each network type at batch 8 without compile, and LoRA with EMA + validation, one after another in this
+    process (train_speed.run_one, as its CLI runs it): the step cost against plain LoRA."""
+    import gc
+    import shutil
+
+    import torch
+    from train_speed import run_one
+
     rows = []
     for label, sets in EAGER_TYPES:
-        out = work_dir() / f"eager-{label}.json"
-        cmd = [sys.executable, str(HERE / "train_speed.py"), "--batch", "8", "--warmup", "10", "--steps", "20",
-               "--cache", "memory", "--compile", "off", "--model-dir", args.model_dir, "--data-dir", args.data_dir,
-               "--skip-flops", "--json", str(out)] + [a for s in sets for a in ("--set", s)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if proc.returncode:
-            rows.append({"type": label, "error": proc.stderr[-1500:]})
-            continue
-        row = json.loads(out.read_text())["results"][0]
-        rows.append({"type": label, **{k: row[k] for k in ("samples_per_s", "s_per_step", "peak_gpu_mem_gib")}})
+        run_args = bench_args(compile="off", cuda_graphs="off", warmup=10, steps=30, cache="memory", lr=LR,
+                              seed=42, base_precision="auto", gradient_checkpointing=False, channels_last=False,
+                              optimizer="adamw", set=list(sets), profile_steps=0, val=False)
+        out = work_dir() / f"eager-{label}"
+        shutil.rmtree(out, ignore_errors=True)
+        try:
+            row = run_one(Path(args.model_dir), Path(args.data_dir), out, 8, run_args)
+            rows.append({"type": label, **{k: row.get(k) for k in ("samples_per_s", "s_per_step", "peak_gpu_mem_gib",
+                                                                   "validation_pass_s")}})
+        except Exception as error:  # one type failing must not hide the others
+            rows.append({"type": label, "error": f"{type(error).__name__}: {error}"[-1500:]})
+        gc.collect()
+        torch.cuda.empty_cache()
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return {"rows": rows}
 
 
@@ -385,9 +396,9 @@ def stage_functions() -> dict:
         stages[name] = (60 if batch < 32 else 80,
                         lambda a, n=name, b=batch, p=precision, s=seed, o=sets, v=val, f=profile:
                         stage_timed(a, n, b, p, s, o, v, f))
-    stages["types-eager"] = (180, stage_types_eager)
+    stages["types-eager"] = (150, stage_types_eager)
     stages["grid"] = (120, stage_grid)
-    stages["peers"] = (330, stage_peers)
+    stages["peers"] = (380, stage_peers)
     # The order a round runs them in: the shared compile first, then what it makes warm, then the eager stages.
     order = ["env", "model", "rates", "flops", "fp8_check", "first_step", "precompile", "timed-bf16-b8-s42",
              "timed-ema-val-b8", "fp8-first-step"]

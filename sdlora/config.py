@@ -66,6 +66,32 @@ class DataConfig:
     validation_dir: str = opt("", help="folder of held-out images (with captions) for the validation loss")
     validation_split: float = opt(0.0, min=0.0, max=0.5, help="fraction of data.dir held out for the validation "
                                                                "loss (deterministic; instead of validation_dir)")
+    subsets: list[SubsetConfig] = opt(default_factory=list, help="more data folders (concepts) in the same run, "
+                                      "each with its own dir, repeats, trigger, loss_weight and caption options "
+                                      "(e.g. [{dir: data/dog, repeats: 2, trigger: sks dog}]); data.dir, when set, "
+                                      "is one more, with data's own options")
+
+
+@dataclass
+class SubsetConfig:
+    """One concept of data.subsets (kohya's dataset subset, OneTrainer's concept). Its dir, repeats, trigger and
+    loss_weight are its own; a caption option left out (null) takes the value data.* has."""
+
+    dir: str = opt("", help="folder of this subset's images with same-stem caption files (searched recursively)")
+    repeats: int = opt(1, min=1, max=10000, help="times each image of this subset is seen per epoch")
+    trigger: str = opt("", help="trigger word or prefix put in front of this subset's captions")
+    loss_weight: float = opt(1.0, min=0.0, max=10.0, help="multiplies the loss of this subset's samples (0: they "
+                                                          "give no gradient)")
+    caption_extension: Optional[str] = opt(None, help="caption file extension (default: data.caption_extension)")
+    default_caption: Optional[str] = opt(None, help="caption of an image without a caption file (default: "
+                                                    "data.default_caption)")
+    shuffle_tags: Optional[bool] = opt(None, help="shuffle comma-separated tags (default: data.shuffle_tags)")
+    keep_tokens: Optional[int] = opt(None, min=0, max=100, help="leading tags never shuffled or dropped (default: "
+                                                                "data.keep_tokens)")
+    caption_dropout: Optional[float] = opt(None, min=0.0, max=1.0, help="rate of an empty caption (default: "
+                                                                        "data.caption_dropout)")
+    tag_dropout: Optional[float] = opt(None, min=0.0, max=1.0, help="rate at which each tag is dropped (default: "
+                                                                    "data.tag_dropout)")
 
 
 @dataclass(frozen=True)
@@ -315,6 +341,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise SdloraError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
         (item_tp,) = typing.get_args(tp)
+        if dataclasses.is_dataclass(item_tp):  # data.subsets: each item is validated as its own section
+            return [_build(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if value is None or value == "":
@@ -389,6 +417,7 @@ def _cross_checks(cfg: Config) -> None:
     if not CAPTION_EXTENSION.match(cfg.data.caption_extension):
         raise SdloraError(f"data.caption_extension: {cfg.data.caption_extension!r} is not a file extension; give "
                           f"one like .txt or .caption")
+    _subset_checks(cfg)
     if not cfg.network.targets:
         raise SdloraError("network.targets: name at least one module, e.g. [to_q, to_k, to_v, to_out.0]")
     _network_type_checks(cfg)
@@ -433,6 +462,18 @@ def _recipe_checks(cfg: Config) -> None:
             if getattr(getattr(cfg, section), name) != getattr(getattr(defaults, section), name):
                 raise SdloraError(f"{key}: not used by mode lcm (LCM distillation has its own timesteps and "
                                   f"pseudo-Huber loss, lcm.huber_c); remove {key} or set mode standard")
+
+
+def _subset_checks(cfg: Config) -> None:
+    """data.subsets: each names its folder and a caption extension that is one."""
+    for i, subset in enumerate(cfg.data.subsets):
+        key = f"data.subsets[{i}]"
+        if not subset.dir:
+            raise SdloraError(f"{key}.dir: not set; give each subset the folder of its images, e.g. "
+                              f"{{dir: data/dog, repeats: 2}}")
+        ext = subset.caption_extension
+        if ext is not None and not CAPTION_EXTENSION.match(ext):
+            raise SdloraError(f"{key}.caption_extension: {ext!r} is not a file extension; give one like .txt")
 
 
 def _network_type_checks(cfg: Config) -> None:

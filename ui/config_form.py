@@ -28,7 +28,7 @@ MAIN_KEYS = ["name", "model", "data.dir", "mode", "network.rank", "network.alpha
 @dataclass(frozen=True)
 class Field:
     key: str  # dotted, as in presets and --set
-    kind: str  # "choice" | "bool" | "int" | "float" | "str" | "list" | "mapping"
+    kind: str  # "choice" | "bool" | "int" | "float" | "str" | "list" | "mapping" | "records" (data.subsets)
     help: str
     default: Any
     choices: tuple = ()
@@ -54,6 +54,8 @@ def _field_of(option: Option) -> Field:
     if origin is Literal:
         return Field(kind="choice", choices=typing.get_args(tp), **common)
     if origin is list:
+        if dataclasses.is_dataclass(typing.get_args(tp)[0]):  # a list of sections: data.subsets
+            return Field(kind="records", **common)
         return Field(kind="list", **common)
     if origin is dict:
         return Field(kind="mapping", **common)
@@ -77,6 +79,8 @@ def to_widget(field: Field, value: Any) -> Any:
     """A config value as its widget shows it: lists one item a line, numbers as they are."""
     if field.kind == "list":
         return "\n".join(str(v) for v in value or [])
+    if field.kind == "records":  # one YAML line per item, with the keys it sets: - {dir: data/dog, repeats: 2}
+        return records_text(value)
     if field.kind == "mapping":  # one line of YAML flow style: {d_coef: 2, safeguard_warmup: true}
         return yaml.safe_dump(dict(value), default_flow_style=True, sort_keys=False).strip() if value else ""
     if field.kind in ("int", "float"):
@@ -92,9 +96,10 @@ def from_widget(field: Field, value: Any) -> Any:
         return [line.strip() for line in str(value or "").splitlines() if line.strip()]
     if field.kind in ("int", "float"):
         return parse_number(value, field.key, field.kind, optional=field.optional)
-    if field.kind == "mapping":
+    if field.kind in ("mapping", "records"):
+        empty = {} if field.kind == "mapping" else []
         try:
-            return yaml.safe_load(str(value or "")) or {}
+            return yaml.safe_load(str(value or "")) or empty
         except yaml.YAMLError:
             return str(value)  # let validation name the key
     if value is None or (isinstance(value, str) and not value.strip() and field.kind != "str"):
@@ -133,8 +138,22 @@ def overrides(base: Config, config: Config, fields: list[Field]) -> list[str]:
     for field in fields:
         value = get_value(config, field.key)
         if value != get_value(base, field.key):
-            out.append(f"{field.key}={json.dumps(value, ensure_ascii=False)}")
+            out.append(f"{field.key}={json.dumps(plain(value), ensure_ascii=False)}")
     return out
+
+
+def plain(value: Any) -> Any:
+    """A config value as YAML and JSON write it: each section of a list (data.subsets) as the keys it sets."""
+    if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+        return [{f.name: getattr(item, f.name) for f in dataclasses.fields(item)
+                 if f.name == "dir" or getattr(item, f.name) != f.default} for item in value]
+    return value
+
+
+def records_text(value: list) -> str:
+    """data.subsets as its form field shows it: one flow-style YAML mapping a line."""
+    return "".join("- " + yaml.safe_dump(item, default_flow_style=True, sort_keys=False, allow_unicode=True,
+                                         width=10_000).strip() + "\n" for item in plain(value or []))
 
 
 def project_relative(value: Any, project: Path | None) -> Any:
@@ -162,6 +181,9 @@ def preset_yaml(config: Config, fields: list[Field], comment: str = "", project:
             get_value(config, field.key)
         if value == get_value(defaults, field.key) and field.key not in ("name", "model"):
             continue
+        if field.kind == "records":
+            value = [{k: project_relative(v, project) if k == "dir" else v for k, v in item.items()}
+                     for item in plain(value)]
         node = raw
         *parents, last = field.key.split(".")
         for part in parents:

@@ -159,8 +159,9 @@ class FeatureCache:
                     progress(stats.latents_encoded, total)
         self.has_latents = True
 
+        config_of = dataset.index.config_of  # each image's subset: its trigger and caption dropout
         captions = [] if encoder.trains_text else \
-            list(dict.fromkeys(c for e in dataset.records for c in fixed_captions(e.caption, config)))
+            list(dict.fromkeys(c for e in dataset.records for c in fixed_captions(e.caption, config_of(e))))
         missing = []
         for caption in captions:
             self.text_keys[caption] = self.text_key(caption)

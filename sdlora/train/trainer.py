@@ -20,6 +20,7 @@ import torch
 from sdlora.config import Config
 from sdlora.diskspace import reporting_disk_full
 from sdlora.data import SampleKey, TrainDataset, build_dataset, collate
+from sdlora.data.summary import subset_note
 from sdlora.errors import SdloraError
 from sdlora.events import EventBus
 from sdlora.network import count_parameters, dylora_ranks, extract_adapter, load_into, lora_parameters
@@ -348,7 +349,8 @@ class Trainer:
                                              persistent_workers=cfg.data.num_workers > 0)
         batches = iter(loader)
         self.events.emit("start", step=start_step, total_steps=train.steps, path=self.paths.root,
-                         message=f"{len(self.dataset.records)} images, {self.trainable:,} trainable parameters "
+                         message=f"{len(self.dataset.records)} images{subset_note(self.dataset)}, "
+                                 f"{self.trainable:,} trainable parameters "
                                  f"in {len(self.target_modules)} modules, on {self.device.type}"
                                  + (f" x {self.accelerator.num_processes} processes"
                                     if self.accelerator.num_processes > 1 else "")
