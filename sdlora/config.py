@@ -72,7 +72,7 @@ class DataConfig:
                                       "is one more, with data's own options")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SubsetConfig:
     """One concept of data.subsets (kohya's dataset subset, OneTrainer's concept). Its dir, repeats, trigger and
     loss_weight are its own; a caption option left out (null) takes the value data.* has."""

@@ -8,6 +8,7 @@ defaults, as the presets in presets/ are written).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import types
 import typing
