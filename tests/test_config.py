@@ -90,8 +90,9 @@ def test_a_validated_config_is_frozen_and_changed_only_by_copy():
 
     from sdlora.config import replace_keys
 
-    config = config_from_dict({"train": {"steps": 10}, "save": {"every": 5}})
-    for section, key in ((config, "name"), (config.train, "steps"), (config.network.block_lr, "up")):
+    config = config_from_dict({"train": {"steps": 10}, "save": {"every": 5}, "data": {"subsets": [{"dir": "b"}]}})
+    for section, key in ((config, "name"), (config.train, "steps"), (config.network.block_lr, "up"),
+                         (config.data.subsets[0], "dir")):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(section, key, 1)
     changed = replace_keys(config, {"train.steps": 20, "network.block_lr.up": 0.5, "name": "b"})
