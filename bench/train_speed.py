@@ -26,13 +26,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # architectures: random-weight models
 
 ARCH_RESOLUTION = {"sd15": 512, "sdxl": 1024, "sdxl-tiny": 64}
 
 
 def build_model(arch: str, dest: Path) -> Path:
     """A random-weight pipeline folder of `arch` at `dest` (fp16 on disk, as checkpoints are shipped)."""
-    from sdlora.models.architectures import random_sd15_pipeline, random_sdxl_pipeline
+    from architectures import random_sd15_pipeline, random_sdxl_pipeline
     from sdlora.models.storage import save_pipeline_folder
 
     pipe = random_sd15_pipeline() if arch == "sd15" else random_sdxl_pipeline(tiny=arch == "sdxl-tiny")

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from conftest import make_shape_folder
 from fixtures_data import gradient, save
 from sdlora.commands.train import resolve_data_dir
-from sdlora.config import config_from_dict, load_config
+from sdlora.config import config_from_dict, load_config, replace_keys
 from sdlora.data import SampleKey, build_dataset, collate, summarize
 from sdlora.errors import SdloraError
 from sdlora.train.validation import split_validation
@@ -223,7 +223,7 @@ def test_a_resumed_run_with_subsets_ends_bitwise_identical(shapes_dir, tmp_path)
     config = recipe_config(shapes_dir, tmp_path / "out", steps=4, data={
         "repeats": 2, "shuffle_tags": True, "subsets": [{"dir": str(other), "trigger": "zxq", "loss_weight": 0.5,
                                                          "caption_dropout": 0.3}]})
-    config.save.every = 2
+    config = replace_keys(config, {"save.every": 2})
     _, result, _ = train_run(config)
     full, part = tmp_path / "out" / "r", tmp_path / "part"
     resumed, _ = resume_cut_off_copy(config, full, part, ("r.safetensors",))

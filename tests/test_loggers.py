@@ -3,11 +3,11 @@ logs/wandb/ that wandb itself reads."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
+from sdlora.config import replace_keys
 from test_recipe import recipe_config, train_run
 
 
@@ -16,8 +16,7 @@ def test_tensorboard_logs_are_readable_by_tensorboard(shapes_dir, tmp_path):
 
     config = recipe_config(shapes_dir, tmp_path / "out", steps=3, log_with="tensorboard", validate_every=3,
                            data={"validation_split": 0.25})
-    config.sample.prompts = ["a red circle"]
-    config.sample.steps = 2
+    config = replace_keys(config, {"sample.prompts": ["a red circle"], "sample.steps": 2})
     _, result, events = train_run(config)
     logs = tmp_path / "out" / "r" / "logs"
     accumulator = EventAccumulator(str(logs), size_guidance={"images": 0})
@@ -81,7 +80,7 @@ def test_wandb_offline_run_in_the_run_folder_holds_the_numbers(shapes_dir, tmp_p
     before = _children()
     config = recipe_config(shapes_dir, tmp_path / "out", steps=3, log_with="wandb", validate_every=2,
                            data={"validation_split": 0.25})
-    config = dataclasses.replace(config, sample=dataclasses.replace(config.sample, prompts=["a red circle"], steps=2))
+    config = replace_keys(config, {"sample.prompts": ["a red circle"], "sample.steps": 2})
     _, result, events = train_run(config)
     assert result.status == "done"
     runs = list((tmp_path / "out" / "r" / "logs" / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -143,8 +142,7 @@ def test_wandb_missing_is_a_one_line_error(monkeypatch):
     from sdlora.train.loggers import make_logger
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
-    config = Config()
-    config.train.log_with = "wandb"
+    config = replace_keys(Config(), {"train.log_with": "wandb"})
     with pytest.raises(SdloraError, match=r"train.log_with: wandb is not installed; pip install 'sdlora\[wandb\]'"):
         make_logger(config, __import__("pathlib").Path("."))
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from sdlora.config import Config, config_from_dict
+from sdlora.config import Config, Option, config_from_dict, walk_options
 from ui.fields import parse_number
 
 # In view on the Train tab, in this order; every other option goes under "Advanced".
@@ -43,17 +43,16 @@ class Field:
         return self.key.split(".")[0] if "." in self.key else ""
 
 
-def _field_of(key: str, tp: Any, f: dataclasses.Field) -> Field:
+def _field_of(option: Option) -> Field:
     optional = False
+    tp = option.type
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         optional = type(None) in typing.get_args(tp)
         tp = next(a for a in typing.get_args(tp) if a is not type(None))
         origin = typing.get_origin(tp)
-    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    meta = f.metadata
-    common = dict(key=key, help=meta.get("help", ""), default=default, optional=optional,
-                  minimum=meta.get("min"), maximum=meta.get("max"), group=meta.get("group"))
+    common = dict(key=option.key, help=option.help, default=option.default, optional=optional,
+                  minimum=option.minimum, maximum=option.maximum, group=option.group)
     if origin is Literal:
         return Field(kind="choice", choices=typing.get_args(tp), **common)
     if origin is list:
@@ -67,16 +66,8 @@ def _field_of(key: str, tp: Any, f: dataclasses.Field) -> Field:
 
 
 def config_fields(cls: type = Config, prefix: str = "") -> list[Field]:
-    """Every option of the config, depth first, in the dataclasses' order."""
-    fields = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        if dataclasses.is_dataclass(hints[f.name]):
-            fields.extend(config_fields(hints[f.name], key))
-        else:
-            fields.append(_field_of(key, hints[f.name], f))
-    return fields
+    """Every option of the config, depth first, in the dataclasses' order (sdlora.config's walker)."""
+    return [_field_of(option) for option in walk_options(cls, prefix)]
 
 
 def get_value(config: Config, key: str) -> Any:
