@@ -20,7 +20,9 @@ timings and the library versions, so figures from different machines and version
 `--types` measures network types on top of the preset (each a set of `--set` overrides, `TYPES` below; further
 `--set` options apply to all): one run per type and training seed, `--jobs` at a time, each in its own process
 with one CPU thread; prints each run's JSON line as it ends, then one JSON line of all runs and a Markdown table
-(rings at weight 0 / 0.5 / 1, the leak, training CPU seconds, and the command that reruns that row alone).
+(rings at weight 0 / 0.5 / 1, the leak, training CPU seconds, and the command that reruns that row alone). Each run
+gets `--preset`, `--set`, the first `--guidance`, `--eval-steps`, `--seeds` and `--device`; the data options and
+`--mid` apply to single runs only.
 docs/NETWORKS.md holds the table measured on the 2-core machine.
 """
 
