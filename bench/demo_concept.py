@@ -44,6 +44,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # prompt_following: the tests' measure of prompt following
 
 PROMPT = "a sks shape on a white background"
 # `--types`: each network type as overrides on top of the demo preset (whatever its targets are). "lora" drops the
@@ -98,7 +99,7 @@ def count_rings(images) -> int:
 def evaluate(adapter: Path, guidance: float, steps: int, seeds: list[int], mid: Path | None, device: str) -> dict:
     from sdlora.adapters import AdapterBlender
     from sdlora.models import load_pipeline
-    from sdlora.procedural import evaluate as ev
+    import prompt_following as ev
 
     blender = AdapterBlender(load_pipeline("tiny").to(device))
     out = {}
