@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -67,7 +68,20 @@ def count_rings(images) -> int:
     return sum(ring_flags(images))
 
 
-def evaluate(adapter: Path, guidance: float, steps: int, seeds: list[int], mid: Path | None, device: str) -> dict:
+def save_strip(images, path: Path) -> None:
+    """The images side by side in one PNG (a row per seed set), to look at what the detector counted."""
+    from PIL import Image
+
+    side = images[0].size[0]
+    strip = Image.new("RGB", (side * len(images), side), "white")
+    for i, image in enumerate(images):
+        strip.paste(image.convert("RGB"), (i * side, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    strip.save(path)
+
+
+def evaluate(adapter: Path, guidance: float, steps: int, seeds: list[int], mid: Path | None, device: str,
+             save: Path | None = None) -> dict:
     from sdlora.adapters import AdapterBlender
     from sdlora.models import load_pipeline
     from sdlora.procedural import evaluate as ev
@@ -80,6 +94,10 @@ def evaluate(adapter: Path, guidance: float, steps: int, seeds: list[int], mid: 
         prompts = [PROMPT, UNTRIGGERED] if weight == 1.0 else [PROMPT]
         images = ev.generate(blender.pipe, ev.jobs(prompts, use), steps=steps, guidance=guidance)
         out[f"w{weight:g}"] = count_rings(images[:len(use)])
+        if save is not None:
+            save_strip(images[:len(use)], save / f"w{weight:g}-g{guidance:g}.png")
+            if weight == 1.0:
+                save_strip(images[len(use):], save / f"leak-g{guidance:g}.png")
         if weight == 1.0:
             out["leak"] = count_rings(images[len(use):])
             out["ring_seeds_w1"] = [s for s, ring in zip(use, ring_flags(images[:len(use)])) if ring]
@@ -107,6 +125,9 @@ def main(argv=None) -> dict:
                         help="where to train and draw (the concept test: cpu)")
     parser.add_argument("--adapter", type=Path, help="count the rings of this adapter file; no training")
     parser.add_argument("--label", default="")
+    parser.add_argument("--save-images", type=Path, metavar="DIR",
+                        help="write the counted images into DIR, one strip per weight (seeds left to right), and the "
+                             "adapter file")
     args = parser.parse_args(argv)
 
     from sdlora.config import apply_overrides, config_from_dict
@@ -118,7 +139,7 @@ def main(argv=None) -> dict:
         report = {"label": args.label, "adapter": str(args.adapter)}
         for guidance in args.guidance:
             report[f"g{guidance:g}"] = evaluate(args.adapter, guidance, args.eval_steps, list(range(args.seeds)),
-                                                None, args.device)
+                                                None, args.device, args.save_images)
         print(json.dumps(dict(report, versions=versions())), flush=True)
         return report
     with tempfile.TemporaryDirectory(prefix="sdlora-demo-bench-") as tmp:
@@ -152,9 +173,12 @@ def main(argv=None) -> dict:
         for guidance in args.guidance:
             t0 = time.perf_counter()
             counts = evaluate(result.adapter_path, guidance, args.eval_steps, list(range(args.seeds)), mid_path,
-                              args.device)
+                              args.device, args.save_images)
             report[f"g{guidance:g}"] = counts
             report[f"eval_s_g{guidance:g}"] = round(time.perf_counter() - t0, 1)
+        if args.save_images:  # the adapter too, to look at it again (`--adapter`) or in the Preview tab
+            args.save_images.mkdir(parents=True, exist_ok=True)
+            shutil.copy(result.adapter_path, args.save_images / result.adapter_path.name)
         report["versions"] = dict(versions(), device=args.device)
     print(json.dumps(report), flush=True)
     return report
