@@ -5,7 +5,7 @@ processor.tokenizer.padding_side  # transformers reads it (left padding for deco
 parser.formatter_class  # argparse reads it
 __getattr__  # a module-level lazy attribute hook (sdlora/data/__init__.py), called by Python
 config.architectures  # transformers writes it into config.json
-ring  # a dataclass field (procedural/evaluate.PromptCase), read by the tests' detectors
+ring  # a dataclass field (tests/prompt_following.PromptCase), read by the tests' detectors
 _  # fp8's fake-tensor kernel, registered with torch.library by its decorator
 extra_repr  # nn.Module.__repr__ calls it
 optimizer.found_inf  # torch's fused AdamW reads it to skip a non-finite step

@@ -31,6 +31,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # prompt_following: the tests' measure of prompt following
 
 PROMPT = "a sks shape on a white background"
 UNTRIGGERED = "a red circle on a white background"
@@ -84,7 +85,7 @@ def evaluate(adapter: Path, guidance: float, steps: int, seeds: list[int], mid: 
              save: Path | None = None) -> dict:
     from sdlora.adapters import AdapterBlender
     from sdlora.models import load_pipeline
-    from sdlora.procedural import evaluate as ev
+    import prompt_following as ev
 
     blender = AdapterBlender(load_pipeline("tiny").to(device))
     out = {}

@@ -17,12 +17,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # architectures: random-weight models
 
 
 def main() -> None:
     from diffusers import UNet2DConditionModel
 
-    from sdlora.models.architectures import SD15_UNET
+    from architectures import SD15_UNET
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SD15_UNET).to(torch.bfloat16).requires_grad_(False)

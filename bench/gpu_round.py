@@ -40,15 +40,33 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-STEPS = {1: (20, 60), 8: (20, 80), 32: (20, 40)}  # batch: (warm-up, timed steps)
+STEPS = {1: (20, 60), 8: (20, 60), 32: (20, 40)}  # batch: (warm-up, timed steps)
 LR = 3e-4  # high enough that 100 steps move the fixed-data loss on a random-weight UNet
-TIMED = [  # (name, batch, base_precision, seed)
-    ("timed-bf16-b8-s42", 8, "auto", 42), ("timed-bf16-b8-s7", 8, "auto", 7), ("timed-fp8-b8-s42", 8, "fp8", 42),
-    ("timed-bf16-b32-s42", 32, "auto", 42), ("timed-fp8-b32-s42", 32, "fp8", 42),
-    ("timed-bf16-b32-s7", 32, "auto", 7), ("timed-bf16-b1-s42", 1, "auto", 42),
+FEATURES = ("train.ema=true", "data.validation_split=0.125", "train.validate_every=20")
+TIMED = [  # (name, batch, base_precision, seed, --set overrides, --val, profiled steps)
+    ("timed-bf16-b8-s42", 8, "auto", 42, (), True, 0),
+    ("timed-ema-val-b8", 8, "auto", 42, FEATURES, False, 0),
+    ("timed-dora-b8", 8, "auto", 42, ("network.type=dora",), False, 0),
+    ("timed-lokr-b8", 8, "auto", 42, ("network.type=lokr",), False, 0),
+    ("timed-fp8-b8-s42", 8, "fp8", 42, (), True, 0),
+    ("timed-bf16-b1-s42", 1, "auto", 42, (), False, 20),
+    ("timed-bf16-b8-s7", 8, "auto", 7, (), True, 0),
+    ("timed-bf16-b32-s42", 32, "auto", 42, (), True, 0),
+    ("timed-fp8-b32-s42", 32, "fp8", 42, (), True, 0),
 ]
 SDXL_TFLOP_PER_SAMPLE = 14.58
-PRECOMPILE = [(1, "auto"), (32, "auto"), (8, "fp8"), (32, "fp8")]  # b8 bf16 compiles in first_step
+SD15_TFLOP_PER_SAMPLE = 1.7876  # FlopCounterMode, forward + backward, the `flops` stage of the last round
+# Compiled together at the start (the compile is mostly one CPU thread per process, and 16 cores are there):
+# (name, batch, base_precision, --set overrides). b32 is left out: its figures stand from the last round.
+PRECOMPILE = [("b8-lora", 8, "auto", ()), ("b1-lora", 1, "auto", ()), ("b8-dora", 8, "auto", ("network.type=dora",))]
+# Left out for device time (each compiled variant costs ~60 s more in parallel): ("b8-fp8", 8, "fp8", ()),
+# ("b8-lokr", 8, "auto", ("network.type=lokr",)); their timed stages then compile cold.
+EAGER_TYPES = [  # (label, --set overrides): the step cost of each network type, eager, batch 8
+    ("lora", ()), ("locon", ("network.targets=[to_q,to_k,to_v,to_out.0,proj_in,proj_out,conv1,conv2]",
+                             "network.conv_rank=8", "network.conv_alpha=4")),
+    ("loha", ("network.type=loha",)), ("lokr", ("network.type=lokr",)), ("dora", ("network.type=dora",)),
+    ("dylora", ("network.type=dylora", "network.dylora_unit=4")), ("lora+ema+val", FEATURES),
+]
 
 
 def work_dir() -> Path:
@@ -192,7 +210,7 @@ def stage_baseline(args) -> dict:
     from train_speed import run_baseline
 
     rows = []
-    for b in (1, 8, 32):
+    for b in (1, 8):  # batch 32's recipe figure stands from the last round (59.67 samples/s)
         rows.append(run_baseline(Path(args.model_dir), b, bench_args()))
         torch.cuda.empty_cache()
     return {"rows": rows}
@@ -213,45 +231,118 @@ def stage_first_step(args) -> dict:
 
 
 def stage_precompile(args) -> dict:
-    """`sdlora train` for 2 steps per configuration, all at once (the compile is CPU work on 16 cores)."""
+    """`sdlora train` for 2 steps per configuration, all at once (the compile is CPU work on 16 cores), each under
+    bench/compile_times.py, which writes dynamo's and inductor's own phase times at exit: where a cold compile goes
+    (with five compiles sharing the cores, the phases' shares, not their absolute times, are the finding)."""
     import shutil
 
     import yaml
+
+    from sdlora.config import apply_overrides
 
     out = work_dir() / "precompile"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     procs = {}
     start = time.perf_counter()
-    for batch, precision in PRECOMPILE:
-        name = f"pre-b{batch}-{precision}"
+    for name, batch, precision, sets in PRECOMPILE:
         preset = out / f"{name}.yaml"
-        preset.write_text(yaml.safe_dump({
+        preset.write_text(yaml.safe_dump(apply_overrides({
             "name": name, "model": args.model_dir,
             "data": {"dir": args.data_dir, "resolution": 512, "cache": "disk", "num_workers": 2},
             "network": {"rank": 16, "alpha": 16},
             "train": {"steps": 2, "batch_size": batch, "mixed_precision": "bf16", "compile": "on",
                       "base_precision": precision, "report_every": 1},
-            "save": {"output_dir": str(out)}}))
-        procs[name] = subprocess.Popen([sys.executable, "-m", "sdlora", "train", "--preset", str(preset)],
+            "save": {"output_dir": str(out)}}, list(sets))))
+        procs[name] = subprocess.Popen([sys.executable, str(HERE / "compile_times.py"), str(out / f"{name}.times"),
+                                        "train", "--preset", str(preset)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     result = {}
     for name, proc in procs.items():
         _, err = proc.communicate()
         result[name] = {"rc": proc.returncode, "wall_s": round(time.perf_counter() - start, 1)}
+        times = out / f"{name}.times"
+        if times.is_file():
+            result[name]["compile_times"] = json.loads(times.read_text())
         if proc.returncode:
             result[name]["stderr"] = err[-1500:]
     (Path(os.environ["SDLORA_CACHE"]) / "precompiled").write_text(json.dumps(result))
     return result
 
 
-def stage_timed(args, batch: int, precision: str, seed: int) -> dict:
+def stage_fp8_first_step(args) -> dict:
+    """A warm start of an fp8 run (compiled by `precompile`): does the custom op's graph now load from the cache?"""
+    import shutil
+
+    from train_speed import time_to_first_step
+
+    out = work_dir() / "first-fp8"
+    shutil.rmtree(out, ignore_errors=True)
+    return time_to_first_step(Path(args.model_dir), Path(args.data_dir), out, 8, bench_args(base_precision="fp8"))
+
+
+def stage_types_eager(args) -> dict:
+    """Each network type at batch 8 without compile, and LoRA with EMA + validation, one after another in this
+    process (train_speed.run_one, as its CLI runs it): the step cost against plain LoRA."""
+    import gc
+    import shutil
+
+    import torch
+    from train_speed import run_one
+
+    rows = []
+    for label, sets in EAGER_TYPES:
+        run_args = bench_args(compile="off", cuda_graphs="off", warmup=10, steps=30, cache="memory", lr=LR,
+                              seed=42, base_precision="auto", gradient_checkpointing=False, channels_last=False,
+                              optimizer="adamw", set=list(sets), profile_steps=0, val=False)
+        out = work_dir() / f"eager-{label}"
+        shutil.rmtree(out, ignore_errors=True)
+        try:
+            row = run_one(Path(args.model_dir), Path(args.data_dir), out, 8, run_args)
+            rows.append({"type": label, **{k: row.get(k) for k in ("samples_per_s", "s_per_step", "peak_gpu_mem_gib",
+                                                                   "validation_pass_s")}})
+        except Exception as error:  # one type failing must not hide the others
+            rows.append({"type": label, "error": f"{type(error).__name__}: {error}"[-1500:]})
+        gc.collect()
+        torch.cuda.empty_cache()
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return {"rows": rows}
+
+
+def stage_grid(args) -> dict:
+    """The batched multi-adapter grid against one adapter at a time: 8 random adapters x 3 weights x 2 prompts."""
+    cmd = [sys.executable, str(HERE / "grid_batched.py"), "--model", args.model_dir, "--device", "cuda",
+           "--dtype", "fp16", "--size", "512x512", "--steps", "10", "--adapters", "8", "--batch", "8", "24"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    report, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("{"):])  # the JSON, then a table
+    return {**report, "table": proc.stdout[-2500:]}
+
+
+def stage_peers(args) -> dict:
+    """kohya's train_network.py and diffusers' train_text_to_image_lora.py at batch 1 and 8 (the kit in .peers/,
+    carried, never committed: bench/peers.py)."""
+    kit = HERE.parent / ".peers" / "peers.py"
+    if not kit.is_file():
+        raise RuntimeError(".peers/peers.py is not here (carry .peers)")
+    out = work_dir() / "peers.json"
+    cmd = [sys.executable, str(kit), "--model-dir", args.model_dir, "--data-dir", args.data_dir, "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420)
+    if not out.is_file():
+        raise RuntimeError(f"rc={proc.returncode} {proc.stdout[-1500:]} {proc.stderr[-2500:]}")
+    return json.loads(out.read_text())
+
+
+def stage_timed(args, name: str, batch: int, precision: str, seed: int, sets: tuple, val: bool,
+                profile: int) -> dict:
     warmup, steps = STEPS[batch]
-    out = work_dir() / f"timed-{batch}-{precision}-{seed}.json"
+    out = work_dir() / f"{name}.json"
     cmd = [sys.executable, str(HERE / "train_speed.py"), "--batch", str(batch), "--warmup", str(warmup),
-           "--steps", str(steps), "--cache", "memory", "--compile", "on", "--val", "--seed", str(seed),
+           "--steps", str(steps), "--cache", "memory", "--compile", "on", "--seed", str(seed),
            "--lr", str(LR), "--base-precision", precision, "--model-dir", args.model_dir, "--data-dir",
-           args.data_dir, "--skip-flops", "--json", str(out)]
+           args.data_dir, "--skip-flops", "--json", str(out), "--profile-steps", str(profile)]
+    cmd += (["--val"] if val else []) + [a for s in sets for a in ("--set", s)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
@@ -276,8 +367,10 @@ def stage_sdxl_first_step(_args) -> dict:
 
     out = work_dir() / "first-sdxl"
     shutil.rmtree(out, ignore_errors=True)
-    return time_to_first_step(work_dir() / "sdxl", work_dir() / "data1024", out, 4,
-                              bench_args(resolution=1024, compile="blocks", workers=4))
+    result = time_to_first_step(work_dir() / "sdxl", work_dir() / "data1024", out, 4,
+                                bench_args(resolution=1024, compile="blocks", workers=4), run2_steps=50)
+    result["tflop_per_sample"] = SDXL_TFLOP_PER_SAMPLE
+    return result
 
 
 def stage_sdxl_timed(_args) -> dict:
@@ -298,11 +391,21 @@ def stage_functions() -> dict:
     stages = {"env": (20, stage_env), "model": (60, stage_model), "rates": (60, stage_rates),
               "flops": (40, stage_flops), "fp8_check": (40, stage_fp8_check), "first_step": (300, stage_first_step),
               "precompile": (300, stage_precompile), "baseline": (90, stage_baseline)}
-    for name, batch, precision, seed in TIMED:
-        stages[name] = (60 if batch < 32 else 80, lambda a, b=batch, p=precision, s=seed: stage_timed(a, b, p, s))
-    stages["sdxl-model"] = (150, stage_sdxl_model)
-    stages["sdxl-first-step"] = (400, stage_sdxl_first_step)
-    stages["sdxl-timed"] = (150, stage_sdxl_timed)
+    stages["fp8-first-step"] = (60, stage_fp8_first_step)
+    for name, batch, precision, seed, sets, val, profile in TIMED:
+        stages[name] = (60 if batch < 32 else 80,
+                        lambda a, n=name, b=batch, p=precision, s=seed, o=sets, v=val, f=profile:
+                        stage_timed(a, n, b, p, s, o, v, f))
+    stages["types-eager"] = (150, stage_types_eager)
+    stages["grid"] = (120, stage_grid)
+    stages["peers"] = (380, stage_peers)
+    # The order a round runs them in: the shared compile first, then what it makes warm, then the eager stages.
+    order = ["env", "model", "rates", "flops", "fp8_check", "first_step", "precompile", "timed-bf16-b8-s42",
+             "timed-ema-val-b8", "fp8-first-step"]
+    stages = {name: stages[name] for name in order} | {k: v for k, v in stages.items() if k not in order}
+    stages["sdxl-model"] = (120, stage_sdxl_model)
+    stages["sdxl-first-step"] = (300, stage_sdxl_first_step)  # cold, then warm with 50 steps timed
+    stages["sdxl-timed"] = (100, stage_sdxl_timed)
     return stages
 
 
@@ -310,7 +413,7 @@ def stage_functions() -> dict:
 def summary_table(state: dict) -> str:
     rates = state.get("rates", {}).get("result", {})
     peak = rates.get("bf16_matmul_tflops")
-    flops = state.get("flops", {}).get("result", {}).get("tflop_per_sample")
+    flops = state.get("flops", {}).get("result", {}).get("tflop_per_sample", SD15_TFLOP_PER_SAMPLE)
     base = {r["batch"]: r for r in state.get("baseline", {}).get("result", {}).get("rows", [])}
     lines = [f"bf16 matmul {peak} TFLOP/s, fp8 row-wise {rates.get('fp8_rowwise_matmul_tflops')} TFLOP/s; "
              f"{flops} TFLOP per 512 px sample",
@@ -330,9 +433,21 @@ def summary_table(state: dict) -> str:
     if first:
         lines.append(f"first step b8 on: run1 ({first.get('run1_cache')}) {first.get('run1_s')} s "
                      f"(setup {first.get('run1_setup_s')}), run2 {first.get('run2_s')} s (setup {first.get('run2_setup_s')})")
-    for name in ("sdxl-first-step", "sdxl-timed"):
+    for name in ("fp8-first-step", "sdxl-first-step", "sdxl-timed"):
         if state.get(name, {}).get("result"):
             lines.append(f"{name}: {json.dumps(state[name]['result'])}")
+    for row in state.get("types-eager", {}).get("result", {}).get("rows", []):
+        lines.append(f"eager b8 {row.get('type'):<7} {row.get('samples_per_s', row.get('error', '')[-200:])!s:>9} "
+                     f"{row.get('s_per_step', '')!s:>7} {row.get('peak_gpu_mem_gib', '')!s:>6}")
+    for name, row in state.get("precompile", {}).get("result", {}).items():
+        phases = row.get("compile_times", {}).get("phases_s", {})
+        top = sorted(phases.items(), key=lambda kv: -kv[1])[:4]
+        lines.append(f"precompile {name}: rc {row.get('rc')} {row.get('wall_s')} s; "
+                     + ", ".join(f"{k} {v:.0f}" for k, v in top))
+    if state.get("grid", {}).get("result"):
+        lines.append(state["grid"]["result"].get("table", "")[-900:])
+    if state.get("peers", {}).get("result"):
+        lines.append("peers: " + json.dumps(state["peers"]["result"])[:900])
     failed = [f"{k}: {v.get('status')}" for k, v in state.items() if v.get("status") not in ("ok", None)]
     if failed:
         lines.append("not ok: " + "; ".join(failed))
@@ -374,7 +489,7 @@ def main() -> None:
         if done:
             continue
         timed = next((t for t in TIMED if t[0] == name), None)
-        if timed and (timed[1], timed[2]) != (8, "auto") and not (cache / "precompiled").is_file():
+        if (timed or name == "fp8-first-step") and not (cache / "precompiled").is_file():
             # Not compiled on this machine yet: a cold compile inside a timed stage would eat the budget.
             print(f"[{time.strftime('%X')}] {name}: skipped until precompile has run", flush=True)
             continue

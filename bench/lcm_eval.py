@@ -39,16 +39,16 @@ COLUMNS = {"teacher": "teacher DDIM {teacher_steps}", "lcm_lora": "LCM-LoRA {ste
 
 def adapter_settings(path: Path) -> dict:
     """What the adapter recorded about its LCM training (sdlora metadata), with the recipe's defaults."""
-    from safetensors import safe_open
+    from sdlora.lora.metadata import LcmSampling, read_metadata
+    from sdlora.tensorfile import read_safetensors
 
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+    meta = read_safetensors(path, tensors=False)[1]
     lcm = json.loads(meta.get("sdlora_config", "{}")).get("lcm", {})
     return {
         "mode": meta.get("sdlora_mode", "?"),
         "base_model": meta.get("sdlora_base_model"),
         "steps_trained": meta.get("ss_steps"),
-        "guidance": float(meta.get("sdlora_lcm_guidance", 1.5)),
+        "guidance": (read_metadata(meta, str(path)).lcm or LcmSampling()).guidance,
         "num_ddim_timesteps": int(lcm.get("num_ddim_timesteps", 50)),
         "timestep_scaling": float(lcm.get("timestep_scaling", 10.0)),
         "w_range": (float(lcm.get("w_min", 3.0)), float(lcm.get("w_max", 15.0))),

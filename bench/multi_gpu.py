@@ -23,6 +23,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # architectures: random-weight models
 
 from train_speed import make_images  # noqa: E402
 
@@ -80,7 +81,7 @@ def main() -> None:
     parser.add_argument("--profile-setup", type=Path, help="also profile a warm single-GPU start into this file")
     args = parser.parse_args()
 
-    from sdlora.models.architectures import random_sd15_pipeline
+    from architectures import random_sd15_pipeline
     from sdlora.models.storage import save_pipeline_folder
 
     with tempfile.TemporaryDirectory() as tmp:

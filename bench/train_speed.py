@@ -26,13 +26,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # architectures: random-weight models
 
 ARCH_RESOLUTION = {"sd15": 512, "sdxl": 1024, "sdxl-tiny": 64}
 
 
 def build_model(arch: str, dest: Path) -> Path:
     """A random-weight pipeline folder of `arch` at `dest` (fp16 on disk, as checkpoints are shipped)."""
-    from sdlora.models.architectures import random_sd15_pipeline, random_sdxl_pipeline
+    from architectures import random_sd15_pipeline, random_sdxl_pipeline
     from sdlora.models.storage import save_pipeline_folder
 
     pipe = random_sd15_pipeline() if arch == "sd15" else random_sdxl_pipeline(tiny=arch == "sdxl-tiny")
@@ -155,13 +156,14 @@ def matmul_tflops() -> float:
 
 
 def run_one(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) -> dict:
-    from sdlora.config import config_from_dict
+    from sdlora.config import apply_overrides, config_from_dict
     from sdlora.events import EventBus
     from sdlora.train.rundir import new_run
     from sdlora.train.trainer import Trainer
 
-    steps = args.warmup + args.steps
-    config = config_from_dict({
+    profile_steps = getattr(args, "profile_steps", 0)
+    steps = args.warmup + args.steps + profile_steps  # profiled steps after the timed ones: they run slower
+    config = config_from_dict(apply_overrides({
         "name": f"bench-b{batch}", "model": str(model_dir),
         "data": {"dir": str(data_dir), "resolution": args.resolution, "num_workers": args.workers,
                  "cache": args.cache},
@@ -172,9 +174,11 @@ def run_one(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) ->
                   "channels_last": args.channels_last, "optimizer": args.optimizer,
                   "cuda_graphs": args.cuda_graphs},
         "save": {"output_dir": str(out_dir)},
-    })
+    }, list(getattr(args, "set", None) or ())))
     step_times: dict[int, float] = {}
     losses: list[float] = []
+    validations: list[int] = []
+    profiler = StepProfiler(args.warmup + args.steps, profile_steps)
 
     def listener(event):
         # Step events arrive in windows (the trainer reads losses back every 10 steps on a GPU), so a step's
@@ -182,6 +186,9 @@ def run_one(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) ->
         if event["event"] == "step":
             step_times[event["step"]] = time.perf_counter()
             losses.append(event["loss"])
+            profiler.at(event["step"])
+        elif event["event"] == "validation":
+            validations.append(event["step"])
 
     print(f"[{time.strftime('%X')}] batch {batch}: setting up", flush=True)
     trainer = Trainer(config, new_run(config), EventBus([listener]))
@@ -194,10 +201,27 @@ def run_one(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) ->
     trainer.run()
     peak_gib = round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
     val = validation_loss(trainer, model_dir) if args.val else {}
-    last = max(step_times)
+    last = args.warmup + args.steps
     s_per_step = (step_times[last] - step_times[args.warmup]) / (last - args.warmup)
     first = min(step_times)
     first_step_s = step_times[first] - t0 - setup_s - (first - 1) * s_per_step
+    extra = {}
+    if validations:
+        # Windows of 10 steps with a validation pass at their end against those without: the pass's cost.
+        ends = sorted(s for s in step_times if args.warmup < s <= last and s - 10 in step_times)
+        window = {s: step_times[s] - step_times[s - 10] for s in ends}
+        # The pass at step v runs after v's report, so it lands in the window ending at v + 10.
+        with_val = [t for s, t in window.items() if s - 10 in validations]
+        plain = [t for s, t in window.items() if s - 10 not in validations]
+        if with_val and plain:
+            plain_step = sorted(plain)[len(plain) // 2] / 10
+            s_per_step = plain_step
+            extra["validation_pass_s"] = round(sorted(with_val)[len(with_val) // 2] - 10 * plain_step, 3)
+            extra["validations"] = len(validations)
+    if profiler.table:
+        extra["profile"] = profiler.table
+    if getattr(args, "set", None):
+        extra["set"] = list(args.set)
     return {
         "mode": "sdlora",
         "batch": batch,
@@ -210,7 +234,44 @@ def run_one(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) ->
         "first_step_s": round(first_step_s, 1),
         "final_loss": losses[-1],
         **val,
+        **extra,
     }
+
+
+class StepProfiler:
+    """torch.profiler over `steps` steps after the timed ones, started and stopped from the step events (so at window
+    ends): the host's and the GPU's busiest operators, to see where a launch-bound step's time goes."""
+
+    def __init__(self, warmup: int, steps: int):
+        self.start, self.stop = warmup, warmup + steps
+        self.prof = None
+        self.table: dict | None = None
+
+    def at(self, step: int) -> None:
+        if self.stop <= self.start:
+            return
+        if step == self.start and self.prof is None:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            self.prof = profile(activities=activities)
+            self.prof.start()
+            self.t0 = time.perf_counter()
+        elif step == self.stop and self.prof is not None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - self.t0
+            self.prof.stop()
+            averages = self.prof.key_averages()
+            gpu_us = sum(getattr(e, "self_device_time_total", 0) for e in averages)
+            self.table = {
+                "steps": self.stop - self.start, "wall_s": round(wall, 4),
+                "gpu_busy_s": round(gpu_us / 1e6, 4),
+                "cpu_top": averages.table(sort_by="self_cpu_time_total", row_limit=25),
+                "gpu_top": averages.table(sort_by="self_device_time_total", row_limit=15)
+                if torch.cuda.is_available() else "",
+            }
+            self.prof = None
 
 
 def validation_loss(trainer, model_dir: Path, samples: int = 32, draws: int = 4) -> dict:
@@ -247,9 +308,12 @@ def validation_loss(trainer, model_dir: Path, samples: int = 32, draws: int = 4)
     return {"val_loss_lora_init": round(before, 6), "val_loss": round(after, 6)}
 
 
-def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) -> dict:
+def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args,
+                       run2_steps: int = 3) -> dict:
     """Wall time from starting `sdlora train` (a new process) to its first step event, twice (run1, run2): cold
-    then warm, or both warm when the same batch size was timed in this bench before (its compile cache filled)."""
+    then warm, or both warm when the same batch size was timed in this bench before (its compile cache filled).
+    With `run2_steps` > 20 the warm run goes on training and its step events give the speed after 10 steps
+    (`run2_samples_per_s`; the loss is read back every step there, which costs little at large steps)."""
     import subprocess
 
     import yaml
@@ -265,8 +329,9 @@ def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: in
             "data": {"dir": str(data_dir), "resolution": args.resolution, "cache": "disk",
                      "num_workers": args.workers},
             "network": {"rank": args.rank, "alpha": args.rank},
-            "train": {"steps": 3, "batch_size": batch, "mixed_precision": args.precision, "compile": args.compile,
-                      "cuda_graphs": args.cuda_graphs, "report_every": 1},
+            "train": {"steps": run2_steps if attempt == "run2" else 3, "batch_size": batch, "mixed_precision": args.precision, "compile": args.compile,
+                      "cuda_graphs": args.cuda_graphs, "report_every": 1,
+                      "base_precision": getattr(args, "base_precision", "auto")},
             "save": {"output_dir": str(out_dir)}}))
         start, start_unix = time.perf_counter(), time.time()
         profile = ["-m", "cProfile", "-o", str(args.first_step_profile)] if attempt == "profiled" else []
@@ -289,6 +354,11 @@ def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: in
         started = next(json.loads(line)["time"] for line in events.read_text().splitlines()
                        if json.loads(line)["event"] == "start")
         result[f"{attempt}_setup_s"] = round(started - start_unix, 1)
+        if attempt == "run2" and run2_steps > 20:
+            times = [json.loads(line)["time"] for line in events.read_text().splitlines()
+                     if json.loads(line)["event"] == "step"]
+            result["run2_samples_per_s"] = round(batch * (len(times) - 11) / (times[-1] - times[10]), 2)
+            result["run2_timed_steps"] = len(times) - 11
         print(f"[{time.strftime('%X')}] first step, batch {batch}, {attempt}: {first:.1f} s", flush=True)
     return result
 
@@ -329,6 +399,10 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, help="reuse this random-weight model folder (built if missing)")
     parser.add_argument("--data-dir", type=Path, help="reuse this image folder (made if missing)")
     parser.add_argument("--skip-flops", action="store_true", help="no FLOP count or matmul rate (chip %% not shown)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for the timed runs, as `sdlora train --set` (e.g. network.type=dora)")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="torch.profiler over this many more steps after the timed ones (a multiple of 10)")
     args = parser.parse_args()
     args.resolution = args.resolution or ARCH_RESOLUTION[args.arch]
 

@@ -11,7 +11,7 @@ Stages, top to bottom:
     schedule, Min-SNR weighting, offset noise, and 10% empty captions so classifier-free guidance works, for
     `--unet-seconds`;
  5. save the pipeline as fp16 safetensors (diffusers format), a loss curve, a sample grid, and how often
-    samples follow colour, shape, position and background prompts (sdlora.procedural.evaluate).
+    samples follow colour, shape, position and background prompts (tests/prompt_following.py).
 
 Learning rates follow a warm-up and cosine decay over each stage's time budget rather than a step count, so a
 stage ends on time on any GPU; the steps reached are logged and saved in summary.json.
@@ -35,12 +35,13 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # prompt_following: the tests' measure of prompt following
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sdlora.config import TrainConfig  # noqa: E402
 from sdlora.models.storage import save_pipeline_folder  # noqa: E402
 from sdlora.models.tiny import build_tiny_pipeline  # noqa: E402
-from sdlora.procedural import evaluate  # noqa: E402
+import prompt_following as evaluate  # noqa: E402
 from sdlora.procedural.scenes import render_many  # noqa: E402
 from sdlora.train.objective import denoising_loss  # noqa: E402
 

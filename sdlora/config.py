@@ -1,5 +1,8 @@
 """The typed run configuration: a preset (YAML) plus `--set` overrides, validated once into `Config`.
 
+The config objects are frozen after validation: code that needs a changed copy uses `dataclasses.replace` (or
+`replace_keys` for dotted keys), so no part of a run can change what another part reads.
+
 Each section is a dataclass whose fields carry their default, their allowed range and a one-line help text in
 `metadata`. Validation walks the dataclasses, so adding an option is adding one field. Every problem is a
 `SdloraError` that names the dotted key (and, for an unknown key, the nearest valid one).
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import re
@@ -32,7 +36,7 @@ def opt(default: Any = dataclasses.MISSING, *, help: str, min: float | None = No
     return field(default=default, metadata=meta)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     dir: str = opt("", help="folder of images with same-stem caption files (searched recursively)")
     resolution: int = opt(512, min=64, max=4096, help="training side length in pixels (area for buckets)")
@@ -62,9 +66,35 @@ class DataConfig:
     validation_dir: str = opt("", help="folder of held-out images (with captions) for the validation loss")
     validation_split: float = opt(0.0, min=0.0, max=0.5, help="fraction of data.dir held out for the validation "
                                                                "loss (deterministic; instead of validation_dir)")
+    subsets: list[SubsetConfig] = opt(default_factory=list, help="more data folders (concepts) in the same run, "
+                                      "each with its own dir, repeats, trigger, loss_weight and caption options "
+                                      "(e.g. [{dir: data/dog, repeats: 2, trigger: sks dog}]); data.dir, when set, "
+                                      "is one more, with data's own options")
 
 
-@dataclass
+@dataclass(frozen=True)
+class SubsetConfig:
+    """One concept of data.subsets (kohya's dataset subset, OneTrainer's concept). Its dir, repeats, trigger and
+    loss_weight are its own; a caption option left out (null) takes the value data.* has."""
+
+    dir: str = opt("", help="folder of this subset's images with same-stem caption files (searched recursively)")
+    repeats: int = opt(1, min=1, max=10000, help="times each image of this subset is seen per epoch")
+    trigger: str = opt("", help="trigger word or prefix put in front of this subset's captions")
+    loss_weight: float = opt(1.0, min=0.0, max=10.0, help="multiplies the loss of this subset's samples (0: they "
+                                                          "give no gradient)")
+    caption_extension: Optional[str] = opt(None, help="caption file extension (default: data.caption_extension)")
+    default_caption: Optional[str] = opt(None, help="caption of an image without a caption file (default: "
+                                                    "data.default_caption)")
+    shuffle_tags: Optional[bool] = opt(None, help="shuffle comma-separated tags (default: data.shuffle_tags)")
+    keep_tokens: Optional[int] = opt(None, min=0, max=100, help="leading tags never shuffled or dropped (default: "
+                                                                "data.keep_tokens)")
+    caption_dropout: Optional[float] = opt(None, min=0.0, max=1.0, help="rate of an empty caption (default: "
+                                                                        "data.caption_dropout)")
+    tag_dropout: Optional[float] = opt(None, min=0.0, max=1.0, help="rate at which each tag is dropped (default: "
+                                                                    "data.tag_dropout)")
+
+
+@dataclass(frozen=True)
 class BlockLrConfig:
     down: float = opt(1.0, min=0.0, max=100.0, help="learning-rate multiplier of the UNet's down blocks "
                                                      "(and conv_in, time embedding)")
@@ -76,7 +106,7 @@ class BlockLrConfig:
         return self.down == self.mid == self.up == 1.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class NetworkConfig:
     rank: int = opt(16, min=1, max=1024, help="LoRA rank r (default 16; 64 in mode lcm)")
     alpha: Optional[float] = opt(None, min=0.0, max=100000.0, help="LoRA alpha; output scaled by alpha/rank (default: rank)")
@@ -117,7 +147,7 @@ class NetworkConfig:
         return float(self.effective_conv_rank if self.alpha is None else self.alpha)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     steps: int = opt(1000, min=1, max=10_000_000, help="optimizer steps")
     batch_size: int = opt(1, min=1, max=4096, help="images per micro-batch")
@@ -203,7 +233,7 @@ class TrainConfig:
         return self.lr if self.text_encoder_lr is None else self.text_encoder_lr
 
 
-@dataclass
+@dataclass(frozen=True)
 class SampleConfig:
     every: int = opt(0, min=0, max=10_000_000, help="sample every N steps (0: only at the end)")
     prompts: list[str] = opt(default_factory=list, help="prompts to sample")
@@ -218,7 +248,7 @@ class SampleConfig:
                                                                           "else 0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SaveConfig:
     every: int = opt(0, min=0, max=10_000_000, help="checkpoint every N steps (0: only at the end)")
     format: Literal["kohya", "diffusers"] = opt(
@@ -229,7 +259,7 @@ class SaveConfig:
     output_dir: str = opt("outputs", help="folder that holds run folders")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LcmConfig:
     num_ddim_timesteps: int = opt(50, min=2, max=1000, help="DDIM skipping-schedule length of the ODE solver")
     w_min: float = opt(3.0, min=0.0, max=30.0, help="smallest teacher guidance scale drawn per sample")
@@ -238,7 +268,7 @@ class LcmConfig:
     timestep_scaling: float = opt(10.0, min=0.0, max=1000.0, help="boundary-condition timestep scaling")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     name: str = opt("lora", help="run name: outputs/NAME and NAME.safetensors")
     model: str = opt("tiny", help="'tiny' (built-in), a diffusers-format model folder, or a single-file "
@@ -311,6 +341,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise SdloraError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
         (item_tp,) = typing.get_args(tp)
+        if dataclasses.is_dataclass(item_tp):  # data.subsets: each item is validated as its own section
+            return [_build(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if value is None or value == "":
@@ -347,8 +379,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raw = {}
     if not isinstance(raw, dict):
         raise SdloraError(f"{prefix or 'preset'}: expected a mapping of keys, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: (f, tp) for f, tp in section_fields(cls)}
     kwargs = {}
     for key, value in raw.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
@@ -357,12 +388,12 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             hint = f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else \
                 f"valid keys: {', '.join(fields)}"
             raise SdloraError(f"unknown key '{dotted}': {hint}")
-        tp = hints[key]
+        field_, tp = fields[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, dotted)
             continue
         value = _coerce(value, tp, dotted)
-        meta = fields[key].metadata
+        meta = field_.metadata
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             lo, hi = meta.get("min"), meta.get("max")
             # NaN compares false with everything, so it would pass the range test: refused on its own, like inf.
@@ -386,6 +417,7 @@ def _cross_checks(cfg: Config) -> None:
     if not CAPTION_EXTENSION.match(cfg.data.caption_extension):
         raise SdloraError(f"data.caption_extension: {cfg.data.caption_extension!r} is not a file extension; give "
                           f"one like .txt or .caption")
+    _subset_checks(cfg)
     if not cfg.network.targets:
         raise SdloraError("network.targets: name at least one module, e.g. [to_q, to_k, to_v, to_out.0]")
     _network_type_checks(cfg)
@@ -432,6 +464,18 @@ def _recipe_checks(cfg: Config) -> None:
                                   f"pseudo-Huber loss, lcm.huber_c); remove {key} or set mode standard")
 
 
+def _subset_checks(cfg: Config) -> None:
+    """data.subsets: each names its folder and a caption extension that is one."""
+    for i, subset in enumerate(cfg.data.subsets):
+        key = f"data.subsets[{i}]"
+        if not subset.dir:
+            raise SdloraError(f"{key}.dir: not set; give each subset the folder of its images, e.g. "
+                              f"{{dir: data/dog, repeats: 2}}")
+        ext = subset.caption_extension
+        if ext is not None and not CAPTION_EXTENSION.match(ext):
+            raise SdloraError(f"{key}.caption_extension: {ext!r} is not a file extension; give one like .txt")
+
+
 def _network_type_checks(cfg: Config) -> None:
     """An option set for another network.type is an error naming both keys, never silently ignored."""
     net = cfg.network
@@ -474,12 +518,24 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     network_raw = raw.get("network") if isinstance(raw.get("network"), dict) else {}
     if cfg.mode == "lcm" and "rank" not in network_raw:
         # LCM-LoRA distils a whole sampler, not a concept: its default rank is the paper's 64 (arXiv 2311.05556).
-        cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, rank=LCM_DEFAULT_RANK))
+        cfg = replace_keys(cfg, {"network.rank": LCM_DEFAULT_RANK})
     train_raw = raw.get("train") if isinstance(raw.get("train"), dict) else {}
     if cfg.train.optimizer == "prodigy" and "lr" not in train_raw:
         # Prodigy estimates the step size itself; lr is a multiplier of its estimate, 1.0 as its authors advise.
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=PRODIGY_DEFAULT_LR))
+        cfg = replace_keys(cfg, {"train.lr": PRODIGY_DEFAULT_LR})
     _cross_checks(cfg)
+    return cfg
+
+
+def replace_keys(cfg: Any, values: dict[str, Any], prefix: str = "") -> Any:
+    """A copy of a (frozen) config with these dotted keys changed, e.g. `replace_keys(cfg, {"save.every": 2})`:
+    `dataclasses.replace` down the path. The values are not validated again (config_from_dict does that)."""
+    for key, value in values.items():
+        head, _, rest = key.partition(".")
+        if not dataclasses.is_dataclass(cfg) or head not in {f.name for f, _ in section_fields(type(cfg))}:
+            raise SdloraError(f"unknown key '{prefix}{key}'")
+        inner = replace_keys(getattr(cfg, head), {rest: value}, f"{prefix}{head}.") if rest else value
+        cfg = dataclasses.replace(cfg, **{head: inner})
     return cfg
 
 
@@ -546,13 +602,53 @@ def load_config(preset: Path | None, overrides: list[str] | None = None) -> Conf
 
 def describe_options(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any]]:
     """(dotted key, help, default) for every option: the reference that README and UI show."""
-    rows = []
-    for f in dataclasses.fields(cls):
-        dotted = f"{prefix}.{f.name}" if prefix else f.name
-        tp = typing.get_type_hints(cls)[f.name]
+    return [(option.key, option.help, option.default) for option in walk_options(cls, prefix)]
+
+
+# ----------------------------------------------------------------------------------------------- the walker
+
+
+@functools.lru_cache(maxsize=None)
+def section_fields(cls: type) -> tuple[tuple[dataclasses.Field, Any], ...]:
+    """The fields of one config dataclass with their resolved annotations, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f, hints[f.name]) for f in dataclasses.fields(cls))
+
+
+@dataclass(frozen=True)
+class Option:
+    """One leaf option of the config: its dotted key, annotation and dataclass field (help, range, default)."""
+
+    key: str
+    type: Any
+    field: dataclasses.Field
+
+    @property
+    def help(self) -> str:
+        return self.field.metadata.get("help", "")
+
+    @property
+    def minimum(self) -> float | None:
+        return self.field.metadata.get("min")
+
+    @property
+    def maximum(self) -> float | None:
+        return self.field.metadata.get("max")
+
+    @property
+    def default(self) -> Any:
+        f = self.field
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def walk_options(cls: type = Config, prefix: str = "") -> list[Option]:
+    """Every leaf option of the config, depth first, in the dataclasses' order: the one walk behind the options
+    reference (describe_options) and the app's form (ui.config_form); validation (_build) reads section_fields."""
+    options = []
+    for f, tp in section_fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
         if dataclasses.is_dataclass(tp):
-            rows.extend(describe_options(tp, dotted))
+            options.extend(walk_options(tp, key))
         else:
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            rows.append((dotted, f.metadata.get("help", ""), default))
-    return rows
+            options.append(Option(key, tp, f))
+    return options

@@ -151,13 +151,35 @@ class ConsoleReporter:
             self.bar = None
 
 
-def read_events(path: Path) -> Iterator[dict[str, Any]]:
-    """Events of a run so far; a half-written last line (a writer mid-flush) is skipped."""
-    if not path.is_file():
-        return
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
+class EventTail:
+    """Reads an events.jsonl incrementally: each `read()` returns all events so far, parsing only new lines.
+
+    A half-written last line (a writer mid-flush) waits for the next read; a torn line in the middle (a writer
+    killed mid-line, DESIGN.md) is skipped. A file that shrank was replaced: it is read again from its start."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.offset = 0
+        self.events: list[dict[str, Any]] = []
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return self.events
+        with open(self.path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size < self.offset:
+                self.offset, self.events = 0, []
+            fh.seek(self.offset)
+            data = fh.read()
+        end = data.rfind(b"\n") + 1
+        for line in data[:end].splitlines():
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
+                self.events.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 continue
+        self.offset += end
+        return self.events
+
+
+def read_events(path: Path) -> Iterator[dict[str, Any]]:
+    """Events of a run so far (`EventTail` once); a torn or half-written line is skipped."""
+    yield from EventTail(path).read()

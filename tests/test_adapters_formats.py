@@ -134,7 +134,7 @@ def write(path, data: bytes):
 @pytest.mark.parametrize("kind,fragment", [
     ("pickle", "pickled PyTorch checkpoint"),
     ("torch_zip", "pickled PyTorch checkpoint"),
-    ("garbage", "not a safetensors file"),
+    ("garbage", "not a readable .safetensors file"),
     ("full", "full Stable Diffusion checkpoint"),
     ("unet_weights", "full weights of a model component"),
     ("flux", "LoRA for Flux"),

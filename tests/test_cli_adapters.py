@@ -97,7 +97,7 @@ def test_resize_writes_lower_rank_and_keeps_the_energy_it_prints(tmp_path, capsy
     assert cli(capsys, "resize", str(src), "--rank", "0", "--out", str(out_path))[0] == 2
 
 
-@pytest.mark.parametrize("kind,fragment", [("pickle", "pickled PyTorch checkpoint"), ("garbage", "not a safetensors"),
+@pytest.mark.parametrize("kind,fragment", [("pickle", "pickled PyTorch checkpoint"), ("garbage", "not a readable .safetensors file"),
                                            ("full", "full Stable Diffusion checkpoint"), ("flux", "LoRA for Flux"),
                                            ("missing", "no such file")])
 @pytest.mark.parametrize("command", ["inspect", "convert", "resize"])

@@ -43,7 +43,7 @@ from sdlora.adapters import AdapterBlender
 from sdlora.config import config_from_dict
 from sdlora.events import EventBus
 from sdlora.models import load_pipeline
-from sdlora.procedural import evaluate
+import prompt_following as evaluate
 from sdlora.procedural.detect import detect
 from sdlora.train.rundir import new_run
 from sdlora.train.trainer import Trainer

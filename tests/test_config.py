@@ -83,3 +83,20 @@ def test_lcm_mode_defaults_to_rank_64_unless_the_preset_sets_one():
     assert config_from_dict({"mode": "lcm"}).network.effective_alpha == 64  # alpha follows the rank
     assert config_from_dict({"mode": "lcm", "network": {"rank": 16}}).network.rank == 16
     assert config_from_dict({}).network.rank == 16
+
+
+def test_a_validated_config_is_frozen_and_changed_only_by_copy():
+    import dataclasses
+
+    from sdlora.config import replace_keys
+
+    config = config_from_dict({"train": {"steps": 10}, "save": {"every": 5}, "data": {"subsets": [{"dir": "b"}]}})
+    for section, key in ((config, "name"), (config.train, "steps"), (config.network.block_lr, "up"),
+                         (config.data.subsets[0], "dir")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(section, key, 1)
+    changed = replace_keys(config, {"train.steps": 20, "network.block_lr.up": 0.5, "name": "b"})
+    assert (changed.train.steps, changed.network.block_lr.up, changed.name, changed.save.every) == (20, 0.5, "b", 5)
+    assert (config.train.steps, config.network.block_lr.up, config.name) == (10, 1.0, "lora")
+    with pytest.raises(SdloraError, match="unknown key 'train.stepz'"):
+        replace_keys(config, {"train.stepz": 1})

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sdlora.config import replace_keys
 from sdlora.train.ema import AdapterEma
 
 from test_recipe import recipe_config, train_run
@@ -39,7 +40,7 @@ def test_ema_file_is_written_and_samples_are_drawn_from_it(shapes_dir, tmp_path,
 
     monkeypatch.setattr(trainer_module, "sample_images", fake_sample_images)
     config = recipe_config(shapes_dir, tmp_path / "out", steps=3, ema=True, ema_decay=0.5, ema_warmup=False)
-    config.sample.prompts = ["a red circle"]
+    config = replace_keys(config, {"sample.prompts": ["a red circle"]})
     trainer, result, _ = train_run(config)
     run = tmp_path / "out" / "r"
     plain, ema = load_file(run / "r.safetensors"), load_file(run / "r-ema.safetensors")

@@ -150,7 +150,7 @@ def test_bad_input_is_one_line_naming_the_argument(inputs, tmp_path, capsys):
 @pytest.mark.slow
 def test_an_sdxl_grid_equals_sdlora_generate(tmp_path, capsys):
     """SDXL's two text encoders, pooled embeddings and micro-conditioning go through the batched path too."""
-    from sdlora.models.architectures import random_sdxl_pipeline
+    from architectures import random_sdxl_pipeline
     from sdlora.models.storage import save_pipeline_folder
 
     pipe = random_sdxl_pipeline(seed=0, tiny=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sdlora.config import replace_keys
 from test_recipe import recipe_config, train_run
 
 
@@ -10,8 +11,7 @@ def test_tensorboard_logs_are_readable_by_tensorboard(shapes_dir, tmp_path):
 
     config = recipe_config(shapes_dir, tmp_path / "out", steps=3, log_with="tensorboard", validate_every=3,
                            data={"validation_split": 0.25})
-    config.sample.prompts = ["a red circle"]
-    config.sample.steps = 2
+    config = replace_keys(config, {"sample.prompts": ["a red circle"], "sample.steps": 2})
     _, result, events = train_run(config)
     logs = tmp_path / "out" / "r" / "logs"
     accumulator = EventAccumulator(str(logs), size_guidance={"images": 0})
@@ -49,8 +49,7 @@ def test_wandb_gets_the_same_numbers_offline(tmp_path, monkeypatch):
     fake = types.SimpleNamespace(init=lambda **kw: calls.append(("init", kw)) or Run(), Image=lambda p: ("image", p))
     monkeypatch.setitem(sys.modules, "wandb", fake)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    config = Config(name="w")
-    config.train.log_with = "wandb"
+    config = replace_keys(Config(name="w"), {"train.log_with": "wandb"})
     logger = make_logger(config, tmp_path)
     logger({"event": "step", "step": 3, "loss": 0.5, "lr": 1e-4})
     logger({"event": "validation", "step": 3, "loss": 0.25})
@@ -71,7 +70,6 @@ def test_wandb_missing_is_a_one_line_error(monkeypatch):
     from sdlora.train.loggers import make_logger
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
-    config = Config()
-    config.train.log_with = "wandb"
+    config = replace_keys(Config(), {"train.log_with": "wandb"})
     with pytest.raises(SdloraError, match="train.log_with: wandb is not installed; pip install wandb"):
         make_logger(config, __import__("pathlib").Path("."))

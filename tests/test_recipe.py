@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sdlora.config import config_from_dict
+from sdlora.config import config_from_dict, replace_keys
 from sdlora.errors import SdloraError
 from sdlora.events import EventBus
 from sdlora.train.rundir import RunPaths, new_run
@@ -38,20 +38,24 @@ def train_run(config, paths=None, resume=False):
     return trainer, result, events
 
 
+def resume_cut_off_copy(config, full: Path, part: Path, adapters: tuple[str, ...]):
+    """The finished 4-step run `full` copied to `part` as if cut off after its step-2 checkpoint, then resumed."""
+    shutil.copytree(full, part)
+    shutil.rmtree(part / "checkpoints" / "step-000004")
+    for f in adapters:
+        (part / f).unlink()
+    _, resumed, resumed_events = train_run(config, RunPaths(part, full.name), resume=True)
+    return resumed, resumed_events
+
+
 @pytest.mark.parametrize("optimizer", ["prodigy", "adafactor", "adamw_schedulefree", "lion", "came"])
 def test_a_resumed_run_ends_bitwise_identical_for_each_optimizer(shapes_dir, tmp_path, optimizer):
     config = recipe_config(shapes_dir, tmp_path / "out", optimizer=optimizer, ema=True, ema_decay=0.9,
                            validate_every=2, scheduler="constant", data={"validation_split": 0.25})
-    config.save.every = 2
+    config = replace_keys(config, {"save.every": 2})
     _, result, events = train_run(config)
-    full = tmp_path / "out" / "r"
-    # The same run cut off after its step-2 checkpoint, then resumed.
-    part = tmp_path / "part"
-    shutil.copytree(full, part)
-    shutil.rmtree(part / "checkpoints" / "step-000004")
-    for f in ("r.safetensors", "r-ema.safetensors"):
-        (part / f).unlink()
-    _, resumed, resumed_events = train_run(config, RunPaths(part, "r"), resume=True)
+    full, part = tmp_path / "out" / "r", tmp_path / "part"
+    resumed, resumed_events = resume_cut_off_copy(config, full, part, ("r.safetensors", "r-ema.safetensors"))
     assert resumed.status == "done" and resumed.step == 4
     for name in ("r.safetensors", "r-ema.safetensors"):
         a, b = load_file(full / name), load_file(part / name)
@@ -110,8 +114,7 @@ def test_zero_terminal_snr_trains_a_v_model_and_samples_with_rescaled_guidance(s
     monkeypatch.setattr(trainer_module, "sample_images", fake_sample_images)
     config = config_from_dict({**recipe_config(shapes_dir, tmp_path / "out", steps=2).to_dict(),
                                "model_family": "sd2-v"})
-    config.train.zero_terminal_snr = True
-    config.sample.prompts = ["a red circle"]
+    config = replace_keys(config, {"train.zero_terminal_snr": True, "sample.prompts": ["a red circle"]})
     _, result, _ = train_run(config)
     assert result.status == "done" and all(map(lambda x: x == x, result.losses))  # finite losses
     assert seen == {"rescale": 0.7, "ab_T": 0.0}

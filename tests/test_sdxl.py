@@ -4,6 +4,7 @@ diffusers' StableDiffusionXLPipeline, and `sdlora generate`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -46,7 +47,7 @@ def test_full_size_sdxl_configs_have_the_published_sizes_and_kohya_names_round_t
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from sdlora.models.architectures import SDXL_TEXT_1, SDXL_TEXT_2, SDXL_UNET, SDXL_VAE
+    from architectures import SDXL_TEXT_1, SDXL_TEXT_2, SDXL_UNET, SDXL_VAE
 
     with torch.device("meta"):  # the real 3.5B-parameter structure, without allocating it
         unet = UNet2DConditionModel(**SDXL_UNET)
@@ -75,7 +76,7 @@ def test_full_size_sdxl_configs_have_the_published_sizes_and_kohya_names_round_t
 @pytest.fixture(scope="module")
 def sdxl_run(tmp_path_factory):
     """A tiny SDXL folder and one `sdlora train` run on it: bucketed non-square images, disk cache, samples."""
-    from sdlora.models.architectures import random_sdxl_pipeline
+    from architectures import random_sdxl_pipeline
     from sdlora.models.storage import save_pipeline_folder
 
     root = tmp_path_factory.mktemp("sdxl")
@@ -254,7 +255,7 @@ def test_preview_engine_blends_on_sdxl(sdxl_run):
 
 def test_lcm_mode_trains_on_sdxl(sdxl_run):
     trainer = trainer_for(sdxl_run, steps=1)
-    trainer.config.mode = "lcm"
+    trainer.config = dataclasses.replace(trainer.config, mode="lcm")
     from sdlora.train.objective import make_objective
 
     trainer.objective = make_objective(trainer.config, trainer.components, trainer.encoder)

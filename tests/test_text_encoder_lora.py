@@ -9,7 +9,7 @@ import torch
 from conftest import make_shape_folder
 from safetensors.torch import load_file
 
-from sdlora.config import config_from_dict
+from sdlora.config import config_from_dict, replace_keys
 from sdlora.errors import SdloraError
 from sdlora.events import EventBus
 from sdlora.network import TEXT_ENCODER_TARGETS
@@ -186,8 +186,7 @@ def test_samples_during_training_use_the_trained_text_encoder(trained, tmp_path)
     from PIL import Image
 
     trainer, _, _, _ = trained
-    trainer.config.sample.prompts = [CAPTION]
-    trainer.config.sample.steps = 2
+    trainer.config = replace_keys(trainer.config, {"sample.prompts": [CAPTION], "sample.steps": 2})
     te = trainer.components.text_encoder.train()
     trainer.sample(99)
     with_lora = np.asarray(Image.open(trainer.paths.samples / "step-000099" / "00.png"), dtype=np.float32)

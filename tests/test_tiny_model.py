@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 
 from sdlora.models import builtin_models, load_pipeline
-from sdlora.procedural import evaluate
+import prompt_following as evaluate
 
 STEPS, GUIDANCE = 20, 5.0
 COLOUR_CASES = evaluate.colour_shape_cases()[:10]  # ten colours on white, each with another shape

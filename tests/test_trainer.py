@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sdlora.config import config_from_dict
+from sdlora.config import config_from_dict, replace_keys
 from sdlora.data import SampleKey, collate
 from sdlora.events import EVENT_KINDS, EventBus, read_events
 from sdlora.train.rundir import new_run
@@ -85,7 +85,7 @@ def test_adapter_loads_in_diffusers_and_reproduces_the_trained_unet(shapes_dir, 
 
 def test_nonfinite_losses_skip_steps_then_stop_with_an_error(shapes_dir, tmp_path):
     config = make_config(shapes_dir, tmp_path / "out", steps=20, max_bad_steps=5)
-    config.save.every = 2
+    config = replace_keys(config, {"save.every": 2})
     events = []
     trainer = Trainer(config, new_run(config), EventBus([events.append]))
     trainer.setup()

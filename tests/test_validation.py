@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sdlora.config import config_from_dict
+from sdlora.config import config_from_dict, replace_keys
 from sdlora.data import build_dataset
 from sdlora.train.validation import split_validation
 
@@ -30,7 +30,7 @@ def test_two_runs_with_the_same_seed_give_identical_validation_losses(shapes_dir
     for name in ("a", "b"):
         config = recipe_config(shapes_dir, tmp_path / "out", name=name, steps=4, validate_every=2,
                                data={"validation_dir": str(val_dir)})
-        config.save.every = 2
+        config = replace_keys(config, {"save.every": 2})
         _, result, events = train_run(config)
         curves.append([(e["step"], e["loss"]) for e in events if e["event"] == "validation"])
     assert curves[0] == curves[1] and [s for s, _ in curves[0]] == [0, 2, 4]
@@ -70,7 +70,7 @@ def test_the_best_checkpoint_survives_pruning(shapes_dir, tmp_path, monkeypatch)
     monkeypatch.setattr(Validator, "__call__", lambda self, unet, autocast: next(planned))
     config = recipe_config(shapes_dir, tmp_path / "out", steps=6, validate_every=2,
                            data={"validation_split": 0.25})
-    config.save.every, config.save.keep_checkpoints = 2, 1
+    config = replace_keys(config, {"save.every": 2, "save.keep_checkpoints": 1})
     _, _, events = train_run(config)
     checkpoints = tmp_path / "out" / "r" / "checkpoints"
     assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-000002", "step-000006"]

@@ -43,7 +43,7 @@ def build_app(ctx: AppContext):
     """The Blocks app for `ctx`; launch it with `launch_kwargs(ctx)`."""
     import gradio as gr
 
-    from ui import adapters_tab, dataset_tab, preview_tab, train_tab
+    from ui import adapters_tab, dataset_tab, preview_tab, subsets_panel, train_tab
 
     # Each tab is built by its module's build(ctx) inside its gr.Tab; a new panel is a new module with its own
     # build() placed here (a new tab) or inside a tab's build. dataset_tab and train_tab return their components
@@ -61,6 +61,9 @@ def build_app(ctx: AppContext):
                 adapters_tab.build(ctx)
         # The data check follows the preset picked for training (its resolution and upscaling).
         train.preset.change(lambda name: name, [train.preset], [dataset.check_preset], show_progress="hidden")
+        # The Concepts panel edits the Train tab's data.subsets field.
+        subsets_panel.connect(dataset.subsets, ctx, train.form[[f.key for f in train.fields].index("data.subsets")],
+                              app)
         from ui import api
 
         api.register(ctx)  # /gradio_api: generation with any adapter mix, concurrent calls batched together

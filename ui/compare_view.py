@@ -41,7 +41,7 @@ def checkpoint_choices(ctx: AppContext, run: str | None) -> list[tuple[str, str]
 
 def validation_losses(events: Path) -> dict[int, float]:
     """step -> loss of the run's `validation` events (the recipe issue's held-out loss), where it logged any."""
-    from ui.run_view import EventTail
+    from sdlora.events import EventTail
 
     return {int(e["step"]): float(e["loss"]) for e in EventTail(events).read()
             if e.get("event") == "validation" and "step" in e and "loss" in e}

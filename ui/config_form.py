@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from sdlora.config import Config, config_from_dict
+from sdlora.config import Config, Option, config_from_dict, walk_options
 from ui.fields import parse_number
 
 # In view on the Train tab, in this order; every other option goes under "Advanced".
@@ -29,7 +29,7 @@ MAIN_KEYS = ["name", "model", "data.dir", "mode", "network.rank", "network.alpha
 @dataclass(frozen=True)
 class Field:
     key: str  # dotted, as in presets and --set
-    kind: str  # "choice" | "bool" | "int" | "float" | "str" | "list" | "mapping"
+    kind: str  # "choice" | "bool" | "int" | "float" | "str" | "list" | "mapping" | "records" (data.subsets)
     help: str
     default: Any
     choices: tuple = ()
@@ -42,20 +42,21 @@ class Field:
         return self.key.split(".")[0] if "." in self.key else ""
 
 
-def _field_of(key: str, tp: Any, f: dataclasses.Field) -> Field:
+def _field_of(option: Option) -> Field:
     optional = False
+    tp = option.type
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         optional = type(None) in typing.get_args(tp)
         tp = next(a for a in typing.get_args(tp) if a is not type(None))
         origin = typing.get_origin(tp)
-    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    meta = f.metadata
-    common = dict(key=key, help=meta.get("help", ""), default=default, optional=optional,
-                  minimum=meta.get("min"), maximum=meta.get("max"))
+    common = dict(key=option.key, help=option.help, default=option.default, optional=optional,
+                  minimum=option.minimum, maximum=option.maximum)
     if origin is Literal:
         return Field(kind="choice", choices=typing.get_args(tp), **common)
     if origin is list:
+        if dataclasses.is_dataclass(typing.get_args(tp)[0]):  # a list of sections: data.subsets
+            return Field(kind="records", **common)
         return Field(kind="list", **common)
     if origin is dict:
         return Field(kind="mapping", **common)
@@ -64,16 +65,8 @@ def _field_of(key: str, tp: Any, f: dataclasses.Field) -> Field:
 
 
 def config_fields(cls: type = Config, prefix: str = "") -> list[Field]:
-    """Every option of the config, depth first, in the dataclasses' order."""
-    fields = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        if dataclasses.is_dataclass(hints[f.name]):
-            fields.extend(config_fields(hints[f.name], key))
-        else:
-            fields.append(_field_of(key, hints[f.name], f))
-    return fields
+    """Every option of the config, depth first, in the dataclasses' order (sdlora.config's walker)."""
+    return [_field_of(option) for option in walk_options(cls, prefix)]
 
 
 def get_value(config: Config, key: str) -> Any:
@@ -87,6 +80,8 @@ def to_widget(field: Field, value: Any) -> Any:
     """A config value as its widget shows it: lists one item a line, numbers as they are."""
     if field.kind == "list":
         return "\n".join(str(v) for v in value or [])
+    if field.kind == "records":  # one YAML line per item, with the keys it sets: - {dir: data/dog, repeats: 2}
+        return records_text(value)
     if field.kind == "mapping":  # one line of YAML flow style: {d_coef: 2, safeguard_warmup: true}
         return yaml.safe_dump(dict(value), default_flow_style=True, sort_keys=False).strip() if value else ""
     if field.kind in ("int", "float"):
@@ -102,9 +97,10 @@ def from_widget(field: Field, value: Any) -> Any:
         return [line.strip() for line in str(value or "").splitlines() if line.strip()]
     if field.kind in ("int", "float"):
         return parse_number(value, field.key, field.kind, optional=field.optional)
-    if field.kind == "mapping":
+    if field.kind in ("mapping", "records"):
+        empty = {} if field.kind == "mapping" else []
         try:
-            return yaml.safe_load(str(value or "")) or {}
+            return yaml.safe_load(str(value or "")) or empty
         except yaml.YAMLError:
             return str(value)  # let validation name the key
     if value is None or (isinstance(value, str) and not value.strip() and field.kind != "str"):
@@ -143,8 +139,22 @@ def overrides(base: Config, config: Config, fields: list[Field]) -> list[str]:
     for field in fields:
         value = get_value(config, field.key)
         if value != get_value(base, field.key):
-            out.append(f"{field.key}={json.dumps(value, ensure_ascii=False)}")
+            out.append(f"{field.key}={json.dumps(plain(value), ensure_ascii=False)}")
     return out
+
+
+def plain(value: Any) -> Any:
+    """A config value as YAML and JSON write it: each section of a list (data.subsets) as the keys it sets."""
+    if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+        return [{f.name: getattr(item, f.name) for f in dataclasses.fields(item)
+                 if f.name == "dir" or getattr(item, f.name) != f.default} for item in value]
+    return value
+
+
+def records_text(value: list) -> str:
+    """data.subsets as its form field shows it: one flow-style YAML mapping a line."""
+    return "".join("- " + yaml.safe_dump(item, default_flow_style=True, sort_keys=False, allow_unicode=True,
+                                         width=10_000).strip() + "\n" for item in plain(value or []))
 
 
 def project_relative(value: Any, project: Path | None) -> Any:
@@ -172,6 +182,9 @@ def preset_yaml(config: Config, fields: list[Field], comment: str = "", project:
             get_value(config, field.key)
         if value == get_value(defaults, field.key) and field.key not in ("name", "model"):
             continue
+        if field.kind == "records":
+            value = [{k: project_relative(v, project) if k == "dir" else v for k, v in item.items()}
+                     for item in plain(value)]
         node = raw
         *parents, last = field.key.split(".")
         for part in parents:

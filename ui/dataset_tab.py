@@ -10,7 +10,7 @@ import gradio as gr
 
 from sdlora.config import load_config
 from sdlora.errors import SdloraError
-from ui import caption_panel, captions
+from ui import caption_panel, captions, subsets_panel
 from ui.check_view import checked
 from ui.context import AppContext
 from ui.fields import parse_number
@@ -64,6 +64,7 @@ class DatasetTab:
     folder_state: gr.State
     folder: gr.Dropdown
     check_preset: gr.Dropdown
+    subsets: subsets_panel.SubsetsPanel | None = None  # the Concepts panel (data.subsets); app.py connects it
 
 
 def build(ctx: AppContext) -> DatasetTab:
@@ -123,6 +124,7 @@ def build(ctx: AppContext) -> DatasetTab:
                                "and written here", elem_id="ds-check-ext", max_lines=1)
         check_btn = gr.Button("Check again", elem_id="ds-check", scale=0)
     report = gr.HTML(elem_id="ds-report")
+    subsets = subsets_panel.build(ctx, folders, [check_res, check_up, check_ext])
 
     # ------------------------------------------------------------------------------------------ handlers
     def load(path: Path, res, up, ext, note: str = ""):
@@ -248,7 +250,7 @@ def build(ctx: AppContext) -> DatasetTab:
     check_btn.click(lambda p, res, up, ext: on_open(str(p) if p else "", res, up, ext), [folder_state, *checks],
                     outputs)
     caption_panel.build(ctx, folder_state, load, checks, outputs)
-    return DatasetTab(folder_state=folder_state, folder=folder, check_preset=check_preset)
+    return DatasetTab(folder_state=folder_state, folder=folder, check_preset=check_preset, subsets=subsets)
 
 
 def _preset_check(ctx: AppContext, name: str | None) -> tuple:

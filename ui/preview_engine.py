@@ -7,7 +7,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdlora.errors import SdloraError
+from sdlora.tensorfile import read_safetensors
+from sdlora.lora.metadata import read_metadata
 
 from sdlora.schedulers import SCHEDULERS as _SCHEDULERS
 
@@ -34,18 +35,10 @@ PREVIEW_DEFAULTS = GenParams(prompt="a sks shape on a white background", seed=5,
 
 def adapter_mode(path: Path) -> dict:
     """What an adapter's metadata says about how to sample it: mode, and for LCM scheduler, steps and guidance."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except Exception as exc:  # a damaged or foreign file: say which
-        raise SdloraError(f"{path.name}: not a readable .safetensors adapter ({exc})") from None
-    info: dict = {"mode": meta.get("sdlora_mode", "standard")}
-    if info["mode"] == "lcm":
-        info["scheduler"] = meta.get("sdlora_lcm_scheduler", "lcm")
-        info["steps"] = int(float(meta.get("sdlora_lcm_steps", 4)))
-        info["guidance"] = float(meta.get("sdlora_lcm_guidance", 1.0))
+    read = read_metadata(read_safetensors(path, label=path.name, tensors=False)[1], path.name)
+    info: dict = {"mode": read.mode}
+    if read.lcm is not None:
+        info.update(scheduler=read.lcm.scheduler, steps=read.lcm.steps, guidance=read.lcm.guidance)
     return info
 
 

@@ -156,7 +156,7 @@ def build(ctx: AppContext, engine: PreviewEngine | None = None) -> PreviewTab:
         row_update = gr.update(choices=list(names or []), value=(names or [None])[0])
         if lcm:
             info = adapter_mode(ctx.roots.resolve(lcm[0], kind="file"))
-            return row_update, info.get("scheduler", "lcm"), info.get("steps", 4), info.get("guidance", 1.5)
+            return row_update, info["scheduler"], info["steps"], info["guidance"]
         return row_update, "ddim" if sched == "lcm" else sched, steps_v, guidance_v
 
     picked.change(on_pick, [picked, scheduler, steps, guidance], [row_adapter, scheduler, steps, guidance])

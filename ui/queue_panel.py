@@ -23,6 +23,7 @@ from sdlora.models import builtin_models
 from sdlora.queue import Queue
 from ui.config_form import widgets_to_config
 from ui.context import AppContext
+from ui.subsets_panel import resolve_data_folders
 from ui.paths import safe_name
 
 _started: list[subprocess.Popen] = []  # runners this app started: polled, so a finished one is reaped
@@ -185,9 +186,7 @@ def build(ctx: AppContext, add: gr.Button, fields, widgets: list, preset, base_s
 
 def _resolved(ctx: AppContext, config):
     """The config with its folders checked against the app's roots and made absolute, as a queued job needs."""
-    data = dataclasses.replace(config.data, dir=str(ctx.roots.resolve(config.data.dir or "", kind="dir")))
-    if config.data.reg_dir:
-        data = dataclasses.replace(data, reg_dir=str(ctx.roots.resolve(config.data.reg_dir, kind="dir")))
+    data = resolve_data_folders(ctx, config)
     if config.model not in builtin_models():
         ctx.roots.resolve(config.model)  # a diffusers folder or a single file
     ctx.roots.resolve(config.save.output_dir, must_exist=False)

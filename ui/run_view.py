@@ -3,36 +3,13 @@
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdlora.events import EventTail  # noqa: F401  (the Train tab takes it from here)
+
 FINAL = ("done", "stopped", "error")
-
-
-class EventTail:
-    """Reads an events.jsonl incrementally: each `read()` returns all events so far, parsing only new lines."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.offset = 0
-        self.events: list[dict[str, Any]] = []
-
-    def read(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return self.events
-        with open(self.path, "rb") as fh:
-            fh.seek(self.offset)
-            data = fh.read()
-        end = data.rfind(b"\n") + 1  # a half-written last line waits for the next read
-        for line in data[:end].splitlines():
-            try:
-                self.events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        self.offset += end
-        return self.events
 
 
 @dataclass

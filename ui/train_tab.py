@@ -30,6 +30,7 @@ from ui.paths import safe_name
 from ui.run_view import EventTail, RunView
 from ui.runs import COLUMNS, holds_training, run_row, seems_alive, status_markdown, trash_run
 from ui.sample_sheet import sheet_html
+from ui.subsets_panel import resolve_data_folders
 
 _tails: dict[Path, EventTail] = {}
 
@@ -66,7 +67,7 @@ def _widget(field: Field, ctx: AppContext, value, visible: bool = True) -> gr.co
         # Text boxes read strictly (ui.fields): an empty or malformed number is an error on this key, and an
         # optional one left empty means unset (a number box would show 0).
         return gr.Textbox(placeholder="default" if field.optional else "a number", max_lines=1, **common)
-    if field.kind == "list":
+    if field.kind in ("list", "records"):
         return gr.Textbox(lines=2, **{**common, "info": field.help + " (one a line)"})
     return gr.Textbox(**common)
 
@@ -432,9 +433,7 @@ def _preset_file(ctx: AppContext, name: str | None, base: Config) -> Path:
 
 def _check_paths(ctx: AppContext, config: Config) -> Path:
     """Refuse data, model and output folders outside the roots; the run folder that training will write."""
-    ctx.roots.resolve(config.data.dir or "", kind="dir")
-    if config.data.reg_dir:
-        ctx.roots.resolve(config.data.reg_dir, kind="dir")
+    resolve_data_folders(ctx, config)  # data.dir (unless data.subsets names the folders), reg_dir, subsets
     if config.model not in builtin_models():
         ctx.roots.resolve(config.model)  # a diffusers folder or a single-file checkpoint
     if config.vae:

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
+from sdlora.lora.metadata import FAMILY_OF_VERSION, read_metadata, resized_metadata
 from sdlora.lora.state import Adapter, LoraLayer
 
 ENERGY_FRACTION = 0.9  # "effective rank": how many singular values hold this share of the energy (sum of s²)
 CONTAINERS = {"down_blocks", "up_blocks", "attentions", "resnets", "transformer_blocks", "layers",
               "downsamplers", "upsamplers"}
-BASE_MODEL_VERSIONS = {"sd_v1": "sd1", "sd_v2": "sd2", "sdxl_base_v1-0": "sdxl", "sd_v1_5": "sd1"}
 CROSS_ATTENTION_FAMILY = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
 
@@ -76,12 +76,10 @@ def module_kind(name: str) -> str:
 
 def base_family(adapter: Adapter) -> tuple[str, str]:
     """(family, how it was found): from the kohya metadata when present, else from the layer shapes."""
-    meta = adapter.metadata
-    version = meta.get("ss_base_model_version", "")
-    if version in BASE_MODEL_VERSIONS:
-        return BASE_MODEL_VERSIONS[version], "metadata ss_base_model_version"
-    if meta.get("ss_v2") == "True":
-        return "sd2", "metadata ss_v2"
+    meta = read_metadata(adapter.metadata)
+    if meta.family is not None:
+        return meta.family, ("metadata ss_base_model_version" if meta.base_model_version in FAMILY_OF_VERSION
+                             else "metadata ss_v2")
     if adapter.family == "sdxl":
         return "sdxl", "SDXL key names (input_blocks/output_blocks, te1/te2)"
     if any(name.startswith("text_encoder_2.") for name in adapter.layers):
@@ -169,28 +167,16 @@ def resize_adapter(adapter: Adapter, rank: int) -> tuple[Adapter, dict[str, floa
             layers[name] = DoraLayer(lora.down, lora.up, lora.alpha, magnitude=layer.magnitude)
         else:
             layers[name], kept[name] = resize_layer(layer, rank)
-    metadata = dict(adapter.metadata)
-    if any(layer.kind in ("loha", "lokr") for layer in adapter.layers.values()):
-        metadata.update(sdlora_network_type="lora", ss_network_module="networks.lora")
-    ranks = {layer.rank for layer in layers.values()}
     alphas = {layer.alpha for layer in layers.values()}
-    metadata["ss_network_dim"] = str(max(ranks))
-    if len(alphas) == 1:
-        metadata["ss_network_alpha"] = f"{alphas.pop():g}"
-    metadata["sdlora_resized_from_rank"] = ",".join(str(r) for r in sorted(adapter.ranks))
+    metadata = resized_metadata(adapter.metadata, rank=max(layer.rank for layer in layers.values()),
+                                alpha=alphas.pop() if len(alphas) == 1 else None, resized_from=sorted(adapter.ranks),
+                                plain_lora=any(layer.kind in ("loha", "lokr") for layer in adapter.layers.values()))
     return Adapter(layers=layers, metadata=metadata), kept
 
 
 def dylora_unit(adapter: Adapter) -> int:
     """The rank step of a DyLoRA adapter, from sdlora's metadata or kohya's ss_network_args `unit` (default 1)."""
-    import json
-
-    if "sdlora_dylora_unit" in adapter.metadata:
-        return int(adapter.metadata["sdlora_dylora_unit"])
-    try:
-        return int(json.loads(adapter.metadata.get("ss_network_args", "{}")).get("unit", 1))
-    except (ValueError, AttributeError, TypeError):
-        return 1
+    return read_metadata(adapter.metadata).dylora_unit
 
 
 def truncate_adapter(adapter: Adapter, rank: int) -> Adapter:
@@ -204,23 +190,14 @@ def truncate_adapter(adapter: Adapter, rank: int) -> Adapter:
                           f"{unit} up to {full}")
     layers = {name: LoraLayer(down=layer.down[:rank].contiguous(), up=layer.up[:, :rank].contiguous(),
                               alpha=layer.alpha) for name, layer in adapter.layers.items()}
-    metadata = {**adapter.metadata, "ss_network_dim": str(rank), "sdlora_truncated_from_rank": str(full)}
+    metadata = resized_metadata(adapter.metadata, rank=rank, truncated_from=full)
     return Adapter(layers=layers, metadata=metadata, family=adapter.family)
-
-
-# Training metadata worth showing, in this order (kohya's ss_* names, then sdlora's own).
-TRAINING_KEYS = ("ss_output_name", "ss_sd_model_name", "ss_base_model_version", "ss_network_module", "ss_network_dim",
-                 "ss_network_alpha", "ss_steps", "ss_max_train_steps", "ss_epoch", "ss_resolution",
-                 "ss_num_train_images", "ss_batch_size_per_device", "ss_learning_rate", "ss_lr_scheduler",
-                 "ss_optimizer", "ss_mixed_precision", "ss_seed", "ss_training_started_at",
-                 "ss_training_finished_at", "sdlora_version", "sdlora_mode", "sdlora_base_model",
-                 "sdlora_lcm_scheduler", "sdlora_lcm_steps", "sdlora_lcm_guidance", "sdlora_resized_from_rank",
-                 "ss_network_args", "sdlora_dylora_unit", "sdlora_truncated_from_rank")
 
 
 def describe(adapter: Adapter) -> dict:
     """Everything `sdlora inspect` reports about an adapter, as plain JSON-ready values."""
     family, family_source = base_family(adapter)
+    meta = read_metadata(adapter.metadata)
     layers, kinds, components = [], {}, {}
     for name, layer in sorted(adapter.layers.items()):
         spec = spectrum(layer)
@@ -236,14 +213,14 @@ def describe(adapter: Adapter) -> dict:
         "network_type": adapter.network_type,
         "family": family,
         "family_source": family_source,
-        "base_model": adapter.metadata.get("sdlora_base_model") or adapter.metadata.get("ss_sd_model_name"),
+        "base_model": meta.base_model,
         "num_layers": len(adapter.layers),
         "components": components,
         "ranks": sorted(adapter.ranks),
         "alphas": sorted({layer.alpha for layer in adapter.layers.values()}),
         "num_parameters": adapter.num_parameters(),
         "targets": dict(sorted(kinds.items())),
-        "training": {key: adapter.metadata[key] for key in TRAINING_KEYS if key in adapter.metadata},
+        "training": meta.training(),
         "effective_rank_energy": ENERGY_FRACTION,
         "layers": layers,
     }

@@ -30,6 +30,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from sdlora.lora.metadata import read_metadata
 from sdlora.lora.state import Adapter, LoraLayer
 from sdlora.errors import SdloraError
 
@@ -42,7 +43,7 @@ Mix = list[tuple[str, float]]  # one sample's adapters: (cache key, weight)
 
 def not_batchable(adapter: Adapter) -> str | None:
     """Why `adapter` cannot be batched here (a LoHa, LoKr or DoRA file), or None when it can."""
-    kind = adapter.metadata.get("sdlora_network_type", "lora").lower()
+    kind = (read_metadata(adapter.metadata).network_type or "lora").lower()
     if kind not in BATCHABLE_TYPES:
         return f"network type '{kind}'"
     for name, layer in adapter.layers.items():

@@ -21,6 +21,7 @@ from sdlora.adapters.apply import AppliedAdapter
 from sdlora.lora.check import check_fit, only
 from sdlora.lora.io import check_fully_read, read_adapter_file, save_adapter
 from sdlora.lora.kinds import DIFFUSERS_KINDS
+from sdlora.lora.metadata import read_metadata
 from sdlora.errors import SdloraError
 from sdlora.models.loading import quiet_loading
 from sdlora.hashing import file_sha256  # noqa: F401  (serving.py and batched.py take it from here too)
@@ -37,10 +38,6 @@ class LoadedAdapter:
     path: Path
     sha256: str
     metadata: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def is_lcm(self) -> bool:
-        return self.metadata.get("sdlora_mode") == "lcm"
 
 
 @dataclass
@@ -86,20 +83,9 @@ def parse_lora_spec(spec: str) -> tuple[str, float]:
 def sampling_defaults(adapters: list[LoadedAdapter]) -> SamplingDefaults:
     """Scheduler, steps and guidance for these active adapters: what an LCM one asks for, else the usual ones."""
     for adapter in adapters:
-        if adapter.is_lcm:
-            meta = adapter.metadata
-            try:
-                options = {}  # absent in files from before these fields: LCMScheduler's defaults (50, 10)
-                if "sdlora_lcm_original_steps" in meta:
-                    options["original_inference_steps"] = int(meta["sdlora_lcm_original_steps"])
-                if "sdlora_lcm_timestep_scaling" in meta:
-                    options["timestep_scaling"] = float(meta["sdlora_lcm_timestep_scaling"])
-                return SamplingDefaults(meta.get("sdlora_lcm_scheduler", "lcm"),
-                                        int(meta.get("sdlora_lcm_steps", 4)),
-                                        float(meta.get("sdlora_lcm_guidance", 1.0)), options)
-            except ValueError:
-                raise SdloraError(f"{adapter.path}: its sdlora_lcm_* metadata (steps, guidance, solver schedule) "
-                                  f"is not a number; fix the metadata or give --steps and --guidance") from None
+        lcm = read_metadata(adapter.metadata, str(adapter.path)).lcm
+        if lcm is not None:
+            return SamplingDefaults(lcm.scheduler, lcm.steps, lcm.guidance, lcm.scheduler_options)
     return SamplingDefaults(None, DEFAULT_STEPS, DEFAULT_GUIDANCE)
 
 

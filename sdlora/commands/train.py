@@ -42,7 +42,21 @@ def resolve_data_dir(config: Config, preset: Path | None) -> Config:
             raise SdloraError(f"data.{section}: folder '{value}' not found (looked in {tried}); fix the path in "
                               f"the preset or pass --set data.{section}=PATH")
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, **{section: str(found.resolve())}))
-    return config
+    return resolve_subset_dirs(config, preset)
+
+
+def resolve_subset_dirs(config: Config, preset: Path | None) -> Config:
+    """Each data.subsets dir, looked up as data.dir is."""
+    subsets = []
+    for i, subset in enumerate(config.data.subsets):
+        probe = dataclasses.replace(config, data=dataclasses.replace(config.data, dir=subset.dir, reg_dir="",
+                                                                     subsets=[]))
+        try:
+            found = resolve_data_dir(probe, preset).data.dir
+        except SdloraError as exc:
+            raise SdloraError(str(exc).replace("data.dir", f"data.subsets[{i}].dir")) from None
+        subsets.append(dataclasses.replace(subset, dir=found))
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, subsets=subsets)) if subsets else config
 
 
 def run(args) -> int:

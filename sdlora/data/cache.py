@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from sdlora.atomic import atomic_path
 from sdlora.hashing import sha256_text
+from sdlora.tensorfile import read_safetensors
 from sdlora.data.captions import fixed_captions
 from sdlora.data.images import crop_geometry, load_cropped, to_tensor
 
@@ -75,7 +76,10 @@ class FeatureStore:
         return key in self.memory if self.folder is None else self.path(key).is_file()
 
     def get(self, key: str) -> dict[str, torch.Tensor]:
-        return self.memory[key] if self.folder is None else load_file(self.path(key))
+        if self.folder is None:
+            return self.memory[key]
+        return read_safetensors(self.path(key), label=f"cache file {self.path(key)}",
+                                advice="delete it and its features are encoded again")[0]
 
     def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
         tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
@@ -155,8 +159,9 @@ class FeatureCache:
                     progress(stats.latents_encoded, total)
         self.has_latents = True
 
+        config_of = dataset.index.config_of  # each image's subset: its trigger and caption dropout
         captions = [] if encoder.trains_text else \
-            list(dict.fromkeys(c for e in dataset.records for c in fixed_captions(e.caption, config)))
+            list(dict.fromkeys(c for e in dataset.records for c in fixed_captions(e.caption, config_of(e))))
         missing = []
         for caption in captions:
             self.text_keys[caption] = self.text_key(caption)

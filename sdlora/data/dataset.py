@@ -48,7 +48,8 @@ class TrainDataset(torch.utils.data.Dataset):
         reg = [i for i, e in enumerate(self.records) if e.is_reg for _ in range(e.repeats)]
         self.reg_samples = [reg[j % len(reg)] for j in range(len(train))] if reg else []
         self.pool = train + self.reg_samples  # the multiset of record indices one epoch visits
-        self.masks = find_masks(self.records, self.config)  # data.masks: image -> mask source ({} when none)
+        # data.masks: image -> mask source ({} when none); a mask folder mirrors each image's own folder
+        self.masks = find_masks(self.records, self.config, roots=[s.dir for s in index.subsets])
 
     def __len__(self) -> int:
         return len(self.pool)
@@ -60,7 +61,7 @@ class TrainDataset(torch.utils.data.Dataset):
         crop_rng, caption_rng = random.Random(f"{key.seed}/crop"), random.Random(f"{key.seed}/caption")
         center = self.config.center_crop or (self.cache is not None and self.cache.has_latents)
         resized, crop_top_left = crop_geometry(entry.size, entry.bucket, center, crop_rng)
-        caption = augment_caption(entry.caption, self.config, caption_rng)
+        caption = augment_caption(entry.caption, self.index.config_of(entry), caption_rng)
         item: dict[str, Any] = {}
         latents = self.cache.latents(entry, key, resized, crop_top_left) if self.cache is not None else None
         if latents is not None:
@@ -78,8 +79,14 @@ class TrainDataset(torch.utils.data.Dataset):
         if key.flip:  # SDXL's crop conditioning describes the image it saw: the mirrored one
             left = resized[1] - left - entry.bucket[1]
         item.update(caption=caption, original_size=entry.size, crop_top_left=(top, left),
-                    target_size=entry.bucket, loss_weight=self.config.reg_weight if entry.is_reg else 1.0)
+                    target_size=entry.bucket, loss_weight=self.loss_weight(entry))
         return item
+
+    def loss_weight(self, entry: Entry) -> float:
+        """What the sample's loss is multiplied by: its subset's loss_weight (data.reg_weight for regularization)."""
+        if self.index.subsets:
+            return self.index.subsets[entry.subset].loss_weight
+        return self.config.reg_weight if entry.is_reg else 1.0
 
     # ----------------------------------------------------------------------------------------------- batches
     def epoch_batches(self, epoch: int, batch_size: int, seed: int) -> list[list[SampleKey]]:
@@ -137,7 +144,7 @@ class TrainDataset(torch.utils.data.Dataset):
         if self.tokenizer_checked or tokenizer is None:
             return []
         self.tokenizer_checked = True
-        found = [p for e in self.records if (p := long_caption_problem(e, self.config, tokenizer))]
+        found = [p for e in self.records if (p := long_caption_problem(e, self.index.config_of(e), tokenizer))]
         for problem in found:
             warnings.warn(problem.line())
         self.problems.extend(found)
@@ -174,18 +181,18 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def report_problems(index: DataIndex) -> None:
     """One warning per problem file, the missing-caption count, and the count of skipped files."""
-    config = index.config
     for problem in index.problems:
         warnings.warn(problem.line())
-    defaults = [e for e in index.entries if e.caption_source == "default"]
-    if defaults:
-        warnings.warn(f"{len(defaults)} image(s) have no {config.caption_extension} caption (first: "
-                      f"{defaults[0].path}); using data.default_caption {config.default_caption!r}")
-    for folder, files, is_reg in ((config.dir, index.image_files, False), (config.reg_dir, index.reg_files, True)):
-        skipped = sum(p.skipped for p in index.problems if Path(folder) in p.path.parents)
+    for number, (subset, files) in enumerate(zip(index.subsets, index.subset_files)):
+        defaults = [e for e in index.entries if e.caption_source == "default" and e.subset == number]
+        if defaults:  # data.default_caption, or the subset's own
+            warnings.warn(f"{len(defaults)} image(s) have no {subset.config.caption_extension} caption (first: "
+                          f"{defaults[0].path}); using {subset.option_key('default_caption')} "
+                          f"{subset.config.default_caption!r}")
+        skipped = sum(p.skipped for p in index.problems if Path(subset.dir) in p.path.parents)
         if files and skipped:
-            used = sum(e.is_reg == is_reg for e in index.entries)
-            warnings.warn(f"{folder}: {skipped} of {files} image file(s) skipped, {used} used (reasons above)")
+            used = sum(e.subset == number for e in index.entries)
+            warnings.warn(f"{subset.dir}: {skipped} of {files} image file(s) skipped, {used} used (reasons above)")
     reg = index.reg_entries()
     train_samples = sum(e.repeats for e in index.train_entries())
     if reg and sum(e.repeats for e in reg) > train_samples:
@@ -207,14 +214,13 @@ def build_dataset(config: DataConfig, tokenizer=None) -> TrainDataset:
     `tokenizer` (optional, e.g. the model's CLIPTokenizer) lets over-long captions be reported now rather
     than at `attach_encoder`.
     """
-    if not config.dir:
+    if not config.dir and not config.subsets:
         raise SdloraError("data.dir: not set; point it at a folder of images (e.g. --set data.dir=my_images)")
     index = build_index(config, tokenizer)
     report_problems(index)
-    if not index.train_entries():
-        raise _nothing_usable("data.dir", config.dir, index.image_files, index)
-    if config.reg_dir and not index.reg_entries():
-        raise _nothing_usable("data.reg_dir", config.reg_dir, index.reg_files, index)
+    for number, (subset, files) in enumerate(zip(index.subsets, index.subset_files)):
+        if not any(e.subset == number for e in index.entries):  # each folder must give something to train on
+            raise _nothing_usable(subset.dir_key, subset.dir, files, index)
     dataset = TrainDataset(index)
     dataset.tokenizer_checked = tokenizer is not None
     return dataset

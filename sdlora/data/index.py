@@ -18,6 +18,7 @@ from sdlora.data.buckets import BucketPlan, Size
 from sdlora.data.captions import count_tokens, read_caption, token_window, with_trigger
 from sdlora.data.images import BadImage, ImageInfo, inspect_image
 from sdlora.data.scan import ImageRecord, normalize_extension, scan_folder
+from sdlora.data.subsets import Subset, subsets_of
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,11 @@ class Entry:
     caption_source: str  # "file" | "folder" (kohya `N_name`) | "default"
     size: Size  # (height, width) after the EXIF rotation
     bucket: Size  # (height, width) it trains at
-    repeats: int  # per epoch: `N_name` folder x data.repeats (regularization: the folder's N only)
+    repeats: int  # per epoch: `N_name` folder x its subset's repeats (regularization: the folder's N only)
     is_reg: bool
     content_hash: str
     mode: str
+    subset: int = 0  # its folder: DataIndex.subsets[subset] (data.dir, a data.subsets item, or data.reg_dir)
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,10 @@ class DataIndex:
     config: DataConfig
     entries: list[Entry]  # training images first, then regularization images, each in sorted path order
     problems: list[Problem] = field(default_factory=list)
-    image_files: int = 0  # image files found in data.dir
-    reg_files: int = 0  # image files found in data.reg_dir
+    image_files: int = 0  # image files found in the training folders (data.dir, data.subsets)
     buckets: list[Size] = field(default_factory=list)  # the bucket set (one size without buckets)
+    subsets: list[Subset] = field(default_factory=list)  # the folders, as Entry.subset numbers them
+    subset_files: list[int] = field(default_factory=list)  # image files found in each
 
     @property
     def skipped(self) -> list[Problem]:
@@ -63,6 +66,10 @@ class DataIndex:
 
     def reg_entries(self) -> list[Entry]:
         return [e for e in self.entries if e.is_reg]
+
+    def config_of(self, entry: Entry) -> DataConfig:
+        """The data settings of the entry's folder (its trigger and caption options)."""
+        return self.subsets[entry.subset].config if self.subsets else self.config
 
 
 def _inspect_all(paths: list[Path], threads: int | None) -> list[ImageInfo | BadImage]:
@@ -105,7 +112,7 @@ def long_caption_problem(entry: Entry, config: DataConfig, tokenizer) -> Problem
 
 
 def index_records(records: list[ImageRecord], config: DataConfig, plan: BucketPlan, is_reg: bool,
-                  threads: int | None = None) -> tuple[list[Entry], list[Problem]]:
+                  threads: int | None = None, subset: int = 0) -> tuple[list[Entry], list[Problem]]:
     entries: list[Entry] = []
     problems: list[Problem] = []
     for record, info in zip(records, _inspect_all([r.path for r in records], threads)):
@@ -121,27 +128,28 @@ def index_records(records: list[ImageRecord], config: DataConfig, plan: BucketPl
             problems.append(Problem(record.caption_path or record.path, caption_problem, skipped=False))
         repeats = record.repeats if is_reg else record.repeats * config.repeats
         entries.append(Entry(record.path, caption, source, info.size, bucket, repeats, is_reg, info.content_hash,
-                             info.mode))
+                             info.mode, subset))
     return entries, problems
 
 
 def build_index(config: DataConfig, tokenizer=None, threads: int | None = None) -> DataIndex:
-    """Scan data.dir (and data.reg_dir), check every image, assign buckets and read captions.
+    """Scan data.dir, each of data.subsets and data.reg_dir, check every image, assign buckets, read captions.
 
     Raises `SdloraError` only for a missing folder; an empty or all-broken folder is the caller's to judge.
     """
     plan = BucketPlan(config)
-    ext = normalize_extension(config.caption_extension)
-    records = scan_folder(Path(config.dir), ext, key="data.dir")
-    entries, problems = index_records(records, config, plan, is_reg=False, threads=threads)
-    reg_files = 0
-    if config.reg_dir:
-        reg_records = scan_folder(Path(config.reg_dir), ext, key="data.reg_dir")
-        reg_files = len(reg_records)
-        reg_entries, reg_problems = index_records(reg_records, config, plan, is_reg=True, threads=threads)
-        entries += reg_entries
-        problems += reg_problems
+    subsets = subsets_of(config)
+    entries, problems, files = [], [], []
+    for number, subset in enumerate(subsets):
+        sub = subset.config
+        records = scan_folder(Path(sub.dir), normalize_extension(sub.caption_extension), key=subset.dir_key)
+        found, found_problems = index_records(records, sub, plan, is_reg=subset.is_reg, threads=threads,
+                                              subset=number)
+        entries += found
+        problems += found_problems
+        files.append(len(records))
     if tokenizer is not None:
-        problems += [p for e in entries if (p := long_caption_problem(e, config, tokenizer))]
-    return DataIndex(config, entries, problems, image_files=len(records), reg_files=reg_files,
-                     buckets=plan.sizes)
+        problems += [p for e in entries if (p := long_caption_problem(e, subsets[e.subset].config, tokenizer))]
+    return DataIndex(config, entries, problems,
+                     image_files=sum(n for s, n in zip(subsets, files) if not s.is_reg),
+                     buckets=plan.sizes, subsets=subsets, subset_files=files)

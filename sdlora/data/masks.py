@@ -47,8 +47,10 @@ def _mask_file(entry, folder: Path, data_dir: Path) -> Path | None:
     return None
 
 
-def find_masks(entries, config) -> dict[Path, Path | None]:
-    """Image path -> the file its mask is read from (the image itself for alpha), or None: train unmasked."""
+def find_masks(entries, config, roots: list[str] | None = None) -> dict[Path, Path | None]:
+    """Image path -> the file its mask is read from (the image itself for alpha), or None: train unmasked.
+
+    `roots`: the folder of each subset (Entry.subset numbers them); a mask may mirror its image's path there."""
     if config.masks == "none":
         return {}
     sources: dict[Path, Path | None] = {}
@@ -69,7 +71,7 @@ def find_masks(entries, config) -> dict[Path, Path | None]:
         if entry.is_reg:
             sources[entry.path] = None
             continue
-        found = _mask_file(entry, folder, Path(config.dir))
+        found = _mask_file(entry, folder, Path(roots[entry.subset] if roots else config.dir))
         if found is None:
             raise SdloraError(f"data.masks: no mask for {entry.path} in {folder} (expected {folder / entry.path.stem}"
                               f".png); add one (white = learn) or set data.masks none")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from sdlora.data.buckets import Size, histogram
 from sdlora.data.images import describe_size
 from sdlora.data.scan import repeat_folder_of
+from sdlora.data.subsets import describe
 
 if TYPE_CHECKING:
     from sdlora.data.dataset import TrainDataset
@@ -40,13 +41,18 @@ class DataSummary:
     buckets: list[tuple[Size, int, int]] | None = None  # (bucket, images, samples); None: square training
     cache: str = "none"
     dropped_per_epoch: int | None = None  # with a batch size: samples left out by bucket tails
+    subsets: list[str] = field(default_factory=list)  # with data.subsets: one line per folder (images, samples)
 
     def lines(self) -> list[str]:
         out = [f"images: {self.images} ({self.with_caption} with caption files, "
                f"{self.images - self.with_caption} using a folder or the default caption)"]
         folders = "".join(f", {name} x{n} ({count} images)" for name, (n, count) in self.folder_repeats.items())
-        out.append(f"repeats: data.repeats {self.repeats}{folders} -> {self.samples_per_epoch} samples per epoch"
+        repeats = "per subset (below)" if self.subsets else f"data.repeats {self.repeats}"
+        out.append(f"repeats: {repeats}{folders} -> {self.samples_per_epoch} samples per epoch"
                    + (f" ({self.reg_samples} of them regularization)" if self.reg_samples else ""))
+        if self.subsets:
+            out.append(f"subsets: {len(self.subsets)} folders")
+            out += [f"    {line}" for line in self.subsets]
         if self.reg_images:
             out.append(f"regularization: {self.reg_images} images, {self.reg_samples} samples per epoch, "
                        f"loss weight {self.reg_weight}")
@@ -77,9 +83,10 @@ def summarize(dataset: TrainDataset, batch_size: int | None = None) -> DataSumma
     reg = [e for e in dataset.records if e.is_reg]
     folders: dict[str, tuple[int, int]] = {}
     for entry in train:
-        folder = repeat_folder_of(entry.path, config.dir)
+        sub = dataset.index.config_of(entry)
+        folder = repeat_folder_of(entry.path, sub.dir)
         if folder is not None:
-            n = entry.repeats // config.repeats
+            n = entry.repeats // sub.repeats
             folders[folder] = (n, folders.get(folder, (n, 0))[1] + 1)
     buckets = None
     if config.buckets:
@@ -93,4 +100,21 @@ def summarize(dataset: TrainDataset, batch_size: int | None = None) -> DataSumma
         notes=[(str(p.path), p.reason) for p in dataset.problems if not p.skipped],
         samples_per_epoch=len(dataset), folder_repeats=folders, reg_images=len(reg),
         reg_samples=len(dataset.reg_samples), reg_weight=config.reg_weight, buckets=buckets, cache=config.cache,
-        dropped_per_epoch=dataset.dropped_per_epoch(batch_size) if batch_size else None)
+        dropped_per_epoch=dataset.dropped_per_epoch(batch_size) if batch_size else None,
+        subsets=subset_lines(dataset) if config.subsets else [])
+
+
+def subset_note(dataset: TrainDataset) -> str:
+    """With data.subsets, the images each folder gives (" (data.dir 6, data.subsets[0] 8)"); else ""."""
+    if not dataset.config.subsets:
+        return ""
+    images = Counter(e.subset for e in dataset.records)
+    return " (" + ", ".join(f"{s.key} {images[n]}" for n, s in enumerate(dataset.index.subsets)) + ")"
+
+
+def subset_lines(dataset: TrainDataset) -> list[str]:
+    """Each folder of the run with its usable images and its samples per epoch."""
+    subsets = dataset.index.subsets
+    images = Counter(e.subset for e in dataset.records)
+    samples = Counter(dataset.records[i].subset for i in dataset.pool)
+    return describe(subsets, [images[n] for n in range(len(subsets))], [samples[n] for n in range(len(subsets))])

@@ -93,12 +93,12 @@ def _run_name(run: Path) -> str:
 
 
 def _adapter_steps(path: Path) -> int | None:
-    from safetensors import safe_open
+    from sdlora.lora.metadata import read_metadata
+    from sdlora.tensorfile import read_safetensors
 
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            return int((fh.metadata() or {}).get("ss_steps", ""))
-    except Exception:  # no metadata or not a number: the label says "final"; a damaged file fails on loading
+        return read_metadata(read_safetensors(path, tensors=False)[1]).steps
+    except SdloraError:  # no metadata or not a number: the label says "final"; a damaged file fails on loading
         return None
 
 

@@ -8,7 +8,6 @@ bytes) is a user error (`SdloraError`) that says what the file looks like.
 from __future__ import annotations
 
 import json
-import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from sdlora.lora.check import check_values
 from sdlora.lora.state import Adapter
 from sdlora.atomic import atomic_path
 from sdlora.errors import SdloraError
+from sdlora.tensorfile import read_safetensors
 
 FORMATS = ("kohya", "diffusers")
 # diffusers' key for the PEFT LoraConfig inside a file's metadata (diffusers.loaders.lora_base).
@@ -140,24 +140,7 @@ def _resolve(path: Path) -> Path:
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-    size = path.stat().st_size
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        raise SdloraError(f"{path}: this is a pickled PyTorch checkpoint (.ckpt/.pt/.bin), which can run code "
-                          f"when opened; sdlora reads .safetensors only, so convert it with a tool you trust")
-    header_len = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else 0
-    if len(head) < 9 or head[8:9] != b"{" or header_len > size - 8:
-        raise SdloraError(f"{path}: not a safetensors file (no valid header); give a LoRA .safetensors file")
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            metadata = dict(fh.metadata() or {})
-            state = {key: fh.get_tensor(key) for key in fh.keys()}
-    except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise SdloraError(f"{path}: damaged safetensors file ({str(exc).splitlines()[0]}); re-download or "
-                          f"re-export it") from None
+    state, metadata = read_safetensors(path)
     if not state:
         raise SdloraError(f"{path}: the file holds no tensors; this is not a LoRA")
     return state, metadata

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sdlora.lora.metadata import read_metadata
+
 
 @dataclass
 class LoraLayer:
@@ -84,7 +86,7 @@ class Adapter:
     def is_sdxl(self) -> bool:
         """An SDXL adapter: read from SDXL key names, trained on SDXL (kohya's metadata), or with a second
         text encoder."""
-        return (self.family == "sdxl" or self.metadata.get("ss_base_model_version", "").startswith("sdxl")
+        return (self.family == "sdxl" or read_metadata(self.metadata).is_sdxl
                 or any(name.startswith("text_encoder_2.") for name in self.layers))
 
     @property
@@ -103,6 +105,6 @@ class Adapter:
     def network_type(self) -> str:
         """lora | dora | loha | lokr | dylora (a DyLoRA file is LoRA layers; its metadata says what it is)."""
         kinds = {layer.kind for layer in self.layers.values()}
-        if kinds == {"lora"} and self.metadata.get("sdlora_network_type") == "dylora":
+        if kinds == {"lora"} and read_metadata(self.metadata).network_type == "dylora":
             return "dylora"
         return "+".join(sorted(kinds)) if kinds else "lora"

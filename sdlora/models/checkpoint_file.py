@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from sdlora.errors import SdloraError
+from sdlora.tensorfile import read_safetensors
 
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -25,7 +26,7 @@ def read_checkpoint(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str
     """(state dict, safetensors metadata) of a single-file model; refuses pickles unless allowed."""
     suffix = path.suffix.lower()
     if suffix in SAFE_SUFFIXES:
-        state, meta = _read_safetensors(path)
+        state, meta = read_safetensors(path, label=f"model '{path}'")
     elif suffix in PICKLE_SUFFIXES:
         state, meta = _read_pickle(path, allow_pickle), {}
     else:
@@ -33,18 +34,6 @@ def read_checkpoint(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str
                           f"allow_pickle: true) nor a diffusers-format folder")
     _check_is_a_model(path, state)
     return state, meta
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
-    except Exception as exc:  # safetensors raises its own error types for a bad header or a short file
-        raise SdloraError(f"model '{path}': not a readable .safetensors file ({_first_line(exc)}); the file is "
-                          f"damaged or incomplete (download it again)") from None
 
 
 def _read_pickle(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:

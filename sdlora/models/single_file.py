@@ -311,11 +311,11 @@ def _write_vae(state, folder: Path, ref: str, family: str, vae: Path | None, *, 
 
 
 def read_checkpoint_vae(path: Path):
-    from sdlora.models.checkpoint_file import _read_safetensors
+    from sdlora.tensorfile import read_safetensors
 
     if path.suffix.lower() != ".safetensors":
         raise SdloraError(f"vae '{path}': give a .safetensors VAE file or a diffusers VAE folder")
-    state, meta = _read_safetensors(path)
+    state, meta = read_safetensors(path, label=f"vae '{path}'")
     if not any(k.startswith(("encoder.down.", VAE_PREFIX)) for k in state):
         raise SdloraError(f"vae '{path}': no VAE weights in the original layout (encoder.down.*); give an SD VAE "
                           f".safetensors or a diffusers VAE folder")

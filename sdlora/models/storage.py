@@ -54,7 +54,9 @@ def hub_key(key: str) -> str:
 
 
 def normalize_text_encoder(folder: Path) -> None:
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
+
+    from sdlora.tensorfile import read_safetensors
 
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -64,7 +66,7 @@ def normalize_text_encoder(folder: Path) -> None:
         return
     renamed = False
     for file in sorted(folder.glob("*.safetensors")):
-        state = load_file(str(file))
+        state = read_safetensors(file)[0]
         if all(hub_key(k) == k for k in state):
             continue
         save_file({hub_key(k): v.contiguous() for k, v in state.items()}, str(file), metadata={"format": "pt"})

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from sdlora import __version__
 from sdlora.lora.kinds import DoraLayer, LohaLayer, LokrLayer
 from sdlora.lora.state import Adapter, LoraLayer
+from sdlora.tensorfile import read_safetensors
 from sdlora.train.killpoints import kill_point
 
 STATE_FILE = "trainer_state.json"
@@ -162,4 +163,5 @@ def load_checkpoint(ckpt: Checkpoint, optimizer, lr_scheduler) -> Adapter:
     np.random.set_state(rng["numpy"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return _adapter_from_tensors(load_file(ckpt.path / "lora_state.safetensors"))
+    return _adapter_from_tensors(read_safetensors(ckpt.path / "lora_state.safetensors",
+                                                  advice="resume from another checkpoint")[0])

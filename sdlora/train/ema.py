@@ -13,7 +13,9 @@ import contextlib
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from sdlora.tensorfile import read_safetensors
 
 EMA_STATE_FILE = "ema_state.safetensors"
 
@@ -56,7 +58,7 @@ class AdapterEma:
         save_file(tensors, str(path))
 
     def load(self, path: Path) -> None:
-        tensors = load_file(str(path))
+        tensors = read_safetensors(path, advice="resume from another checkpoint")[0]
         if len(tensors) - 1 != len(self.shadow):
             raise ValueError(f"{path}: EMA state of {len(tensors) - 1} tensors for {len(self.shadow)} parameters")
         for i, shadow in enumerate(self.shadow):

@@ -20,6 +20,7 @@ import torch
 from sdlora.config import Config
 from sdlora.diskspace import reporting_disk_full
 from sdlora.data import SampleKey, TrainDataset, build_dataset, collate
+from sdlora.data.summary import subset_note
 from sdlora.errors import SdloraError
 from sdlora.events import EventBus
 from sdlora.network import count_parameters, dylora_ranks, extract_adapter, load_into, lora_parameters
@@ -30,7 +31,7 @@ from sdlora.train.encode import BatchEncoder, set_vae_memory
 from sdlora.train.fp8 import check_fp8_supported, convert_frozen_linears
 from sdlora.train.killpoints import kill_point
 from sdlora.train.memory import memory_watch
-from sdlora.train.metadata import adapter_metadata
+from sdlora.lora.metadata import adapter_metadata
 from sdlora.train.model_setup import setup_model
 from sdlora.train.objective import make_objective
 from sdlora.train.optim import evaluation_weights, make_lr_scheduler, make_optimizer
@@ -59,6 +60,20 @@ class TrainResult:
     step: int
     adapter_path: Path | None
     losses: list[float] = field(default_factory=list)
+
+
+@dataclass
+class LoopState:
+    """What changes as the loop runs, in one place; everything else on the Trainer is set up once (__init__ and
+    setup). A new one per `run()`; the optimizer, schedule, EMA and best validation loss keep their own state,
+    which checkpoints save."""
+
+    started_at: float = 0.0  # unix time this session began (the adapter's ss_training_started_at)
+    start_step: int = 0  # the step this session resumed from (0: a fresh run)
+    step: int = 0  # the last step begun
+    bad_steps: int = 0  # non-finite losses in a row
+    losses: list[float] = field(default_factory=list)  # this session's finite step losses
+    window_start: float = 0.0  # perf_counter() at the last report: samples/s over the window since
 
 
 def step_seed(seed: int, step: int, salt: int = 0) -> int:
@@ -129,6 +144,7 @@ class Trainer:
             raise SdloraError("train.mixed_precision: fp16 needs a GPU; use bf16 or no on the CPU")
         if config.train.base_precision == "fp8":
             check_fp8_supported(self.device, config.train.mixed_precision)
+        self.state = LoopState()
 
     # ------------------------------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -215,7 +231,7 @@ class Trainer:
         return adapter_metadata(self.config, family=self.components.family,
                                 prediction_type=self.components.prediction_type,
                                 num_images=len(self.dataset), steps_done=steps_done,
-                                started_at=self.started_at)
+                                started_at=self.state.started_at)
 
     # ------------------------------------------------------------------------------------------ saving
     def save_adapter(self, path: Path, steps_done: int) -> Path:
@@ -282,22 +298,23 @@ class Trainer:
         """Read back the losses of the steps since the last report (one host sync) and emit their events."""
         values = torch.stack([loss for _, loss in pending]).float().cpu().tolist()  # already averaged
         now = time.perf_counter()
-        rate = round(samples_per_step * len(pending) / max(now - self.window_start, 1e-9), 3)
-        self.window_start = now
+        state = self.state
+        rate = round(samples_per_step * len(pending) / max(now - state.window_start, 1e-9), 3)
+        state.window_start = now
         memory_message = self.memory_watch.check(pending[-1][0]) if self.memory_watch is not None else None
         if memory_message:
             self.events.emit("warning", step=pending[-1][0], message=memory_message)
         lr = self.lr_scheduler.get_last_lr()[0]
         for (step, _), value in zip(pending, values):
             if not math.isfinite(value):
-                self.bad_steps += 1
+                state.bad_steps += 1
                 self.events.emit("warning", step=step, message=f"non-finite loss ({value}) at step {step}; step "
-                                 f"skipped ({self.bad_steps} in a row)")
-                if self.bad_steps >= self.train_cfg.max_bad_steps:
+                                 f"skipped ({state.bad_steps} in a row)")
+                if state.bad_steps >= self.train_cfg.max_bad_steps:
                     return "error"
                 continue
-            self.bad_steps = 0
-            self.losses.append(value)
+            state.bad_steps = 0
+            state.losses.append(value)
             self.events.emit("step", step=step, total_steps=self.train_cfg.steps, loss=round(value, 6), lr=lr,
                              samples_per_s=rate)
         return "ok"
@@ -307,7 +324,7 @@ class Trainer:
         """Train to train.steps; `resume` continues from the newest complete checkpoint (from step 0 when there
         is none); `changes` ({key: [old, new]}) are the settings changed on resume, recorded in the start event."""
         cfg, train = self.config, self.config.train
-        self.started_at = time.time()
+        state = self.state = LoopState(started_at=time.time())
         start_step, bad_steps = 0, 0
         checkpoints = list_checkpoints(self.paths.checkpoints) if resume else []
         if checkpoints:
@@ -332,7 +349,8 @@ class Trainer:
                                              persistent_workers=cfg.data.num_workers > 0)
         batches = iter(loader)
         self.events.emit("start", step=start_step, total_steps=train.steps, path=self.paths.root,
-                         message=f"{len(self.dataset.records)} images, {self.trainable:,} trainable parameters "
+                         message=f"{len(self.dataset.records)} images{subset_note(self.dataset)}, "
+                                 f"{self.trainable:,} trainable parameters "
                                  f"in {len(self.target_modules)} modules, on {self.device.type}"
                                  + (f" x {self.accelerator.num_processes} processes"
                                     if self.accelerator.num_processes > 1 else "")
@@ -350,13 +368,13 @@ class Trainer:
         # with no host sync. (fp16's GradScaler does the same by itself; other optimizers need a host check.)
         skip_on_device = self.accelerator.scaler is None and getattr(inner_optimizer, "_step_supports_amp_scaling",
                                                                       False)
-        self.losses: list[float] = []
-        self.bad_steps = bad_steps
+        state.start_step, state.step, state.bad_steps = start_step, start_step, bad_steps
         pending: list[tuple[int, torch.Tensor]] = []
-        self.window_start = time.perf_counter()
+        state.window_start = time.perf_counter()
         step = start_step
         while step < train.steps:
             step += 1
+            state.step = step
             torch.manual_seed(step_seed(train.seed, step, salt=1))  # LoRA dropout and anything global
             # Rank 0 draws what a single-process run draws; other ranks draw their own noise for their slice.
             generator.manual_seed(step_seed(train.seed, step, salt=0 if self.rank == 0 else 1000 + self.rank))
@@ -406,29 +424,29 @@ class Trainer:
             if not must_report:
                 continue
             if self.report(pending, samples_per_step) == "error":
-                message = (f"{self.bad_steps} non-finite losses in a row; stopped. The last good checkpoint is "
+                message = (f"{state.bad_steps} non-finite losses in a row; stopped. The last good checkpoint is "
                            f"kept; lower train.lr or use mixed_precision bf16/no")
                 self.events.emit("error", step=step, message=message)
-                return TrainResult("error", step - self.bad_steps, None, self.losses)
+                return TrainResult("error", step - state.bad_steps, None, state.losses)
             pending = []
             if any_process(self.stop.requested, self.device):
-                self.save_checkpoint(step, self.bad_steps)
+                self.save_checkpoint(step, state.bad_steps)
                 path = self.save_adapter(self.paths.adapter, step)
                 self.events.emit("stopped", step=step, total_steps=train.steps, path=path,
                                  message=f"{self.stop.reason}; resume with: sdlora train --resume {self.paths.root}")
-                return TrainResult("stopped", step, path, self.losses)
+                return TrainResult("stopped", step, path, state.losses)
             # "sample now" / "save now" from the app (sdlora/train/requests.py): served after this step.
             asked = take_requests(self.paths.root) if self.is_main and step < train.steps else set()
             if "sample" in asked or (cfg.sample.every and step % cfg.sample.every == 0 and step < train.steps):
                 self.sample(step)
             if "save" in asked and not (cfg.save.every and step % cfg.save.every == 0):
-                self.save_checkpoint(step, self.bad_steps)
+                self.save_checkpoint(step, state.bad_steps)
             if train.validate_every and step % train.validate_every == 0 and step < train.steps:
                 self.validate(step)
             # No checkpoint in the middle of a streak of skipped steps: the last good one stays the newest.
-            if cfg.save.every and step % cfg.save.every == 0 and step < train.steps and not self.bad_steps:
-                self.save_checkpoint(step, self.bad_steps)
-        bad_steps, losses = self.bad_steps, self.losses
+            if cfg.save.every and step % cfg.save.every == 0 and step < train.steps and not state.bad_steps:
+                self.save_checkpoint(step, state.bad_steps)
+        bad_steps, losses = state.bad_steps, state.losses
         if not losses and step > start_step:  # every step of this session skipped: nothing was learned
             message = (f"all {step - start_step} steps had a non-finite loss and were skipped; no adapter written. "
                        f"Lower train.lr or check network.alpha")

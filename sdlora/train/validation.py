@@ -25,11 +25,12 @@ VALIDATION_TIMESTEPS = 4  # per image: the midpoints of 4 equal slices of [times
 VALIDATION_SEED = 1_234_567
 
 
-def _plain(config: Config):
-    """The data settings a validation image is seen with: no augmentation, no repeats, no mask."""
-    return dataclasses.replace(config.data, flip=False, center_crop=True, shuffle_tags=False, caption_dropout=0.0,
-                               tag_dropout=0.0, repeats=1, reg_dir="", masks="none", validation_dir="",
-                               validation_split=0.0)
+def _plain(config: Config, data=None):
+    """The data settings a validation image is seen with: no augmentation, no repeats, no mask (`data`: those of
+    one subset, whose trigger stays)."""
+    return dataclasses.replace(data or config.data, flip=False, center_crop=True, shuffle_tags=False,
+                               caption_dropout=0.0, tag_dropout=0.0, repeats=1, reg_dir="", masks="none",
+                               validation_dir="", validation_split=0.0, subsets=[])
 
 
 def _held_out(path) -> str:
@@ -54,6 +55,8 @@ def split_validation(dataset: TrainDataset, config: Config) -> tuple[TrainDatase
     index = dataset.index
     kept = dataclasses.replace(index, entries=[e for e in index.entries if e.path not in held])
     val_index = dataclasses.replace(index, config=_plain(config), problems=[],
+                                    subsets=[dataclasses.replace(s, config=_plain(config, s.config))
+                                             for s in index.subsets],
                                     entries=[dataclasses.replace(e, repeats=1) for e in train_entries
                                              if e.path in held])
     with warnings.catch_warnings():

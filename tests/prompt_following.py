@@ -2,7 +2,8 @@
 
 A `PromptCase` is a prompt and what it asks for (colour, shape, position, background, the demo ring);
 `generate` renders (prompt, seed) jobs, and `follow_rates` says, for each attribute, the share of images in which
-the detector finds what was asked (cases that do not ask for an attribute do not count towards its rate).
+the detector finds what was asked (cases that do not ask for an attribute do not count towards its rate). Used by
+the tests, bench/demo_concept.py and scripts/pretrain_tiny.py (which put tests/ on sys.path), not by the product.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Speed and memory do not depend on weight values, so benchmarks and structure tests build these with random
 weights instead of downloading checkpoints. The numbers are the public model configs (SD 1.5: 860M-parameter
-UNet, CLIP ViT-L/14 text encoder; SDXL base: 2.6B UNet, CLIP ViT-L + OpenCLIP ViT-bigG).
+UNet, CLIP ViT-L/14 text encoder; SDXL base: 2.6B UNet, CLIP ViT-L + OpenCLIP ViT-bigG). Only tests and bench/
+use them (bench/ puts tests/ on sys.path), so they live here rather than in the package.
 """
 
 from __future__ import annotations
