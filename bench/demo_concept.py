@@ -69,6 +69,12 @@ def count_rings(images) -> int:
     return sum(ring_flags(images))
 
 
+def count_circles(images) -> int:
+    from sdlora.procedural.detect import detect
+
+    return sum(bool(d and d.shape == "circle") for d in map(detect, images))
+
+
 def save_strip(images, path: Path) -> None:
     """The images side by side in one PNG (a row per seed set), to look at what the detector counted."""
     from PIL import Image
@@ -101,6 +107,7 @@ def evaluate(adapter: Path, guidance: float, steps: int, seeds: list[int], mid: 
                 save_strip(images[len(use):], save / f"leak-g{guidance:g}.png")
         if weight == 1.0:
             out["leak"] = count_rings(images[len(use):])
+            out["leak_circle"] = count_circles(images[len(use):])  # does the red circle stay one (not a blob)?
             out["ring_seeds_w1"] = [s for s, ring in zip(use, ring_flags(images[:len(use)])) if ring]
     if mid is not None:
         blender.set_weights({mid: 1.0})

@@ -19,9 +19,10 @@ mean 1.5, one caption in ten empty, examples/demo-reg at weight 0.5), 10 DDIM st
   steps) gave 10/16 and 4/16, leak 3/16 and 0/16.
 - the Preview tab's first image (ui/preview_engine.py PREVIEW_DEFAULTS: the trigger prompt, seed 5, 20 steps,
   guidance 5) at weight 1: a ring for both training seeds.
-- time on the shared machine (load 2-8): 131 s wall, 90 s of CPU user time (`/usr/bin/time -v python -m pytest -q
-  -s tests/test_concept_end_to_end.py`: training 95 s, images 28 s wall), against 154 s of CPU user time for the
-  previous preset, whose CI run on an idle 2-core machine took 107.6 s: by that ratio about 63 s idle.
+- time on the shared machine: 90 s of CPU user time alone at load 2-8 (131 s wall), 118 s beside another
+  training at load 3 (223 s wall) (`/usr/bin/time -v python -m pytest -q -s tests/test_concept_end_to_end.py`),
+  against 154 s of CPU user time for the previous preset at load 4-14, whose CI run on an idle 2-core machine
+  took 107.6 s: by that ratio about 63-80 s idle.
 The counts depend on the library versions and the CPU (float rounding changes what a few hundred steps learn), so a
 failure message names the versions. The history of the preset, what did not help and the figures of each variant:
 docs/models/tiny.md, "Teaching it a new concept"; `python bench/demo_concept.py` measures a variant.
