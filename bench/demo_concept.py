@@ -14,17 +14,31 @@ adapter from the middle of the run (do the samples show the concept by then?). T
 `--count`, `--reg-count`, `--disc-every`) generate a variant of the demo sets into a scratch folder instead of
 using examples/demo and examples/demo-reg. Prints one JSON line: the counts (of 16, or 8 at weight 0), the
 timings and the library versions, so figures from different machines and version sets can be compared.
+
+    python bench/demo_concept.py --types lora locon lokr --train-seeds 42 7 --jobs 2 --out results.json
+
+`--types` measures network types on top of the preset (each a set of `--set` overrides, `TYPES` below; further
+`--set` options apply to all): one run per type and training seed, `--jobs` at a time, each in its own process
+with one CPU thread; prints each run's JSON line as it ends, then one JSON line of all runs and a Markdown table
+(rings at weight 0 / 0.5 / 1, the leak, training CPU seconds, and the command that reruns that row alone). Each run
+gets `--preset`, `--set`, the first `--guidance`, `--eval-steps`, `--seeds` and `--device`; the data options and
+`--mid` apply to single runs only.
+docs/NETWORKS.md holds the table measured on the 2-core machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -34,6 +48,20 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # prompt_following: the tests' measure of prompt following
 
 PROMPT = "a sks shape on a white background"
+# `--types`: each network type as overrides on top of the demo preset (whatever its targets are). "lora" drops the
+# preset's ResNet convolutions (attention and the transformer's linear layers only); "locon" keeps them at their own
+# rank, half the linear one; "demo" is the preset as it is (LoRA on the same targets, convolutions at the full
+# rank). The LoHa/LoKr/DoRA rows keep the preset's targets; LoKr at 3x the preset's lr (at 5e-3 it drew 2 of 16
+# rings where 1.5e-2 drew 7, train.seed 42; docs/NETWORKS.md).
+NO_CONVS = "no-convs"  # stands for the preset's targets without conv1/conv2 (computed from the preset)
+TYPES: dict[str, list[str]] = {
+    "demo": [],
+    "lora": [NO_CONVS],
+    "locon": ["network.conv_rank=4", "network.conv_alpha=4"],
+    "lokr": ["network.type=lokr", "train.lr=1.5e-2"],
+    "loha": ["network.type=loha"],
+    "dora": ["network.type=dora"],
+}
 UNTRIGGERED = "a red circle on a white background"
 
 
@@ -116,6 +144,61 @@ def evaluate(adapter: Path, guidance: float, steps: int, seeds: list[int], mid: 
     return out
 
 
+def type_overrides(name: str, preset: Path) -> list[str]:
+    """The `--set` overrides of one `--types` entry, the preset's targets spelled out where the entry drops convs."""
+    if name not in TYPES:
+        raise SystemExit(f"--types: unknown type {name!r}; one of {', '.join(TYPES)}")
+    out = []
+    for text in TYPES[name]:
+        if text == NO_CONVS:
+            raw = yaml.safe_load(preset.read_text(encoding="utf-8"))
+            targets = [t for t in raw.get("network", {}).get("targets", []) if t not in ("conv1", "conv2")]
+            text = f"network.targets=[{', '.join(targets)}]" if targets else "network.targets=[to_q, to_k, to_v, to_out.0]"
+        out.append(text)
+    return out
+
+
+def run_types(args) -> list[dict]:
+    """One run of this script per (type, training seed), `args.jobs` at a time; the JSON lines and a table."""
+    common = [f"--guidance={args.guidance[0]:g}", f"--eval-steps={args.eval_steps}", f"--seeds={args.seeds}",
+              f"--device={args.device}"]
+    preset = [] if args.preset == ROOT / "presets" / "demo.yaml" else ["--preset", str(args.preset)]
+    jobs = []
+    for name in args.types:
+        for seed in args.train_seeds:
+            sets = [*type_overrides(name, args.preset), *args.overrides, f"train.seed={seed}"]
+            argv = [*preset, *[part for text in sets for part in ("--set", text)]]
+            jobs.append((name, seed, [*common, *argv], "python bench/demo_concept.py " + shlex.join(argv)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+    def one(job):
+        name, seed, argv, command = job
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--label", f"{name}-s{seed}", *argv],
+                              env=env, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        report = json.loads(lines[-1]) if proc.returncode == 0 and lines else {"failed": proc.returncode,
+                                                                               "stderr": proc.stderr[-1500:]}
+        report.update(type=name, train_seed=seed, command=command)
+        print(json.dumps(report), flush=True)
+        return report
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        reports = list(pool.map(one, jobs))
+    if args.out:
+        args.out.write_text(json.dumps(reports, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps({"runs": reports}), flush=True)
+    key = f"g{args.guidance[0]:g}"
+    half = args.seeds // 2
+    print(f"\n| network type | train.seed | rings w=0 (of {half}) | w=0.5 (of {args.seeds}) | w=1 | leak w=1 | "
+          f"train CPU s | command |\n|---|---:|---:|---:|---:|---:|---:|---|")
+    for r in reports:
+        c = r.get(key)
+        cells = [str(c[k]) for k in ("w0", "w0.5", "w1", "leak")] if c else ["failed"] * 4
+        print(f"| {r['type']} | {r['train_seed']} | {' | '.join(cells)} | {r.get('train_cpu_s', '')} | "
+              f"`{r['command']}` |")
+    return reports
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", type=Path, default=ROOT / "presets" / "demo.yaml")
@@ -136,7 +219,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--save-images", type=Path, metavar="DIR",
                         help="write the counted images into DIR, one strip per weight (seeds left to right), and the "
                              "adapter file")
+    parser.add_argument("--types", nargs="+", metavar="TYPE", help=f"measure these network types: {', '.join(TYPES)}")
+    parser.add_argument("--train-seeds", type=int, nargs="+", default=[42], help="with --types: train.seed of each run")
+    parser.add_argument("--jobs", type=int, default=1, help="with --types: runs side by side (one thread each)")
+    parser.add_argument("--out", type=Path, help="with --types: also write all runs' reports to this JSON file")
     args = parser.parse_args(argv)
+    if args.types:
+        return {"runs": run_types(args)}
 
     from sdlora.config import apply_overrides, config_from_dict
     from sdlora.events import EventBus

@@ -11,7 +11,7 @@ import torch
 from test_adapters_blend import TEXT, UNET
 from test_adapters_fixtures import make_adapter, relative_difference, tiny_pipeline, unet_output
 
-from sdlora.adapters import AdapterBlender, LoraLayer, save_adapter
+from sdlora.adapters import AdapterBlender, LoraLayer, load_adapter, save_adapter
 from sdlora.adapters.batched import MultiAdapter, not_batchable
 from sdlora.errors import SdloraError
 
@@ -45,20 +45,24 @@ def batched_unet_output(pipe, n: int, cfg: bool = False) -> torch.Tensor:
 MIXES = [[("style", 0.7)], [("subject", -1.3), ("style", 0.5)], [], [("third", 1.5)], [("subject", 2.0)]]
 
 
-def test_each_sample_of_a_batch_gets_what_set_adapters_gives_it_alone(files):
-    names = dict(zip(("style", "subject", "third"), files))
+def outputs_alone_and_batched(names: dict, mixes: list) -> tuple[list, object, torch.Tensor, torch.Tensor]:
+    """Each mix's UNet output through AdapterBlender alone; the pipeline serving all mixes as one batch, and that
+    batch's outputs without and with classifier-free guidance's doubling."""
     blender = AdapterBlender(tiny_pipeline())
     alone = []
-    for mix in MIXES:
+    for mix in mixes:
         blender.set_weights({names[n]: w for n, w in mix})
         alone.append(unet_output(blender.pipe))
     pipe = tiny_pipeline()
     multi = MultiAdapter(pipe)
     keys = {n: multi.load(p).key for n, p in names.items()}
-    rows = [[(keys[n], w) for n, w in mix] for mix in MIXES]
-    with multi.mixes(rows):
-        batched = batched_unet_output(pipe, len(MIXES))
-        doubled = batched_unet_output(pipe, len(MIXES), cfg=True)
+    with multi.mixes([[(keys[n], w) for n, w in mix] for mix in mixes]):
+        return alone, pipe, batched_unet_output(pipe, len(mixes)), batched_unet_output(pipe, len(mixes), cfg=True)
+
+
+def test_each_sample_of_a_batch_gets_what_set_adapters_gives_it_alone(files):
+    names = dict(zip(("style", "subject", "third"), files))
+    alone, pipe, batched, doubled = outputs_alone_and_batched(names, MIXES)
     for i, expected in enumerate(alone):
         assert relative_difference(batched[i:i + 1], expected) < 1e-5, MIXES[i]
         # both halves of a guidance batch carry sample i's adapters
@@ -116,9 +120,30 @@ def test_adapters_for_another_model_or_type_are_refused_with_the_file_named(file
     adapter = make_adapter(pipe, ("to_k",), rank=2, seed=5, metadata={"ss_base_model_version": "sdxl_base_v1-0"})
     with pytest.raises(SdloraError, match="xl.safetensors: this LoRA is for sdxl"):
         multi.load(save_adapter(adapter, tmp_path / "xl.safetensors"))
-    loha = make_adapter(pipe, ("to_k",), rank=2, seed=5, metadata={"sdlora_network_type": "loha"})
-    assert not_batchable(loha) == "network type 'loha'"
+    dora = make_adapter(pipe, ("to_k",), rank=2, seed=5, metadata={"sdlora_network_type": "dora"})
+    assert not_batchable(dora) == "network type 'dora'"
     assert not_batchable(make_adapter(pipe, ("to_k",), rank=2, seed=5)) is None
-    with pytest.raises(SdloraError, match="network type 'loha' cannot be batched"):
-        multi.add("x", loha)
+    with pytest.raises(SdloraError, match="network type 'dora' cannot be batched"):
+        multi.add("x", dora)
     assert multi.loads == 0 and not any(m._forward_hooks for m in pipe.unet.modules())
+
+
+def test_loha_and_lokr_batch_with_loras_and_each_sample_gets_what_it_gets_alone(files, tmp_path):
+    """LoHa/LoKr (attention, 3x3 and 1x1 convolutions) batch as their dense update, beside LoRA pairs."""
+    from test_network_types import file_of, trained_pipe
+
+    base = tiny_pipeline()
+    names = {"style": files[0], "subject": files[1]}
+    for kind in ("loha", "lokr"):
+        names[kind] = file_of(trained_pipe(base, kind), tmp_path, kind)
+    mixes = [[("loha", 1.0)], [("lokr", 0.6), ("style", 0.5)], [], [("lokr", -1.2)], [("loha", 0.4), ("lokr", 0.8)],
+             [("subject", 1.0)]]
+    assert all(not_batchable(load_adapter(names[kind])) is None for kind in ("loha", "lokr"))
+    alone, _, batched, doubled = outputs_alone_and_batched(names, mixes)
+    for i, expected in enumerate(alone):
+        assert relative_difference(batched[i:i + 1], expected) < 1e-5, mixes[i]
+        assert relative_difference(doubled[i:i + 1], expected) < 1e-5, mixes[i]
+        assert relative_difference(doubled[len(mixes) + i:len(mixes) + i + 1], expected) < 1e-5, mixes[i]
+    # each adapter shows (100x the tolerance above; these random LoHa/LoKr move the output by ~1%), the mixes differ
+    assert min(relative_difference(alone[i], alone[2]) for i in (0, 1, 3, 4)) > 1e-3
+    assert relative_difference(alone[0], alone[4]) > 1e-3

@@ -80,18 +80,7 @@ def test_a_lora_trained_on_a_new_concept_draws_it_and_blends_by_weight(tmp_path)
     assert result.status == "done" and result.adapter_path.is_file()
     trained = time.perf_counter()
 
-    blender = AdapterBlender(load_pipeline("tiny"))  # a fresh base: only the file carries what was learned
-    rates, leak = {}, {}
-    for weight in (0.0, 0.5, 1.0):
-        blender.set_weights({result.adapter_path: weight})
-        # At weight 0 the pipeline is the base model again: half the seeds show it (and save 3 s); the base model's
-        # untriggered prompt draws no ring (0 of 16 measured), so only weight 1 is asked for it.
-        seeds = SEEDS[:8] if weight == 0.0 else SEEDS
-        prompts = [PROMPT, UNTRIGGERED] if weight == 1.0 else [PROMPT]
-        images = evaluate.generate(blender.pipe, evaluate.jobs(prompts, seeds), steps=STEPS, guidance=GUIDANCE)
-        rates[weight] = ring_rate(images[:len(seeds)])
-        if weight == 1.0:
-            leak[weight] = ring_rate(images[len(seeds):])
+    rates, leak = ring_rates(result.adapter_path)
     # The Preview tab's first image: its default prompt, seed, steps and guidance, this adapter at weight 1.
     preview = detect(PreviewEngine().generate("tiny", [(result.adapter_path, 1.0)], PREVIEW_DEFAULTS))
     print(f"rings for '{PROMPT}' by adapter weight: {rates}; for '{UNTRIGGERED}': {leak}; "
@@ -103,6 +92,23 @@ def test_a_lora_trained_on_a_new_concept_draws_it_and_blends_by_weight(tmp_path)
     assert rates[0.0] <= rates[0.5] <= rates[1.0], (rates, versions())  # more weight, more of the concept
     assert leak[1.0] <= LEAK_AT_1, (leak, versions())
     assert preview is not None and preview.is_ring, (PREVIEW_DEFAULTS, preview, versions())
+
+
+def ring_rates(adapter_path: Path, weights=(0.0, 0.5, 1.0)) -> tuple[dict, dict]:
+    """Ring rates of the trigger prompt by adapter weight, and of the untriggered prompt at weight 1 (the leak)."""
+    blender = AdapterBlender(load_pipeline("tiny"))  # a fresh base: only the file carries what was learned
+    rates, leak = {}, {}
+    for weight in weights:
+        blender.set_weights({adapter_path: weight})
+        # At weight 0 the pipeline is the base model again: half the seeds show it (and save 3 s); the base model's
+        # untriggered prompt draws no ring (0 of 16 measured), so only weight 1 is asked for it.
+        seeds = SEEDS[:8] if weight == 0.0 else SEEDS
+        prompts = [PROMPT, UNTRIGGERED] if weight == 1.0 else [PROMPT]
+        images = evaluate.generate(blender.pipe, evaluate.jobs(prompts, seeds), steps=STEPS, guidance=GUIDANCE)
+        rates[weight] = ring_rate(images[:len(seeds)])
+        if weight == 1.0:
+            leak[weight] = ring_rate(images[len(seeds):])
+    return rates, leak
 
 
 def versions() -> str:

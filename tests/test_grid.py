@@ -115,14 +115,29 @@ def test_an_lcm_adapter_gets_its_own_steps_and_guidance_as_generate_gives_it(inp
 
 def test_another_network_type_falls_back_to_one_adapter_per_batch_with_a_note(tmp_path, capsys):
     pipe = tiny_pipeline()
-    other = make_adapter(pipe, ("to_q",), rank=2, seed=4, metadata={"sdlora_network_type": "loha"})
+    other = make_adapter(pipe, ("to_q",), rank=2, seed=4, metadata={"sdlora_network_type": "dora"})
     path = save_adapter(other, tmp_path / "other.safetensors")
     code, stdout, err = cli(capsys, "grid", "--model", "tiny", "--lora", path, "--weights", "1", "--prompt", "a cat",
                             "--steps", 2, "--out", tmp_path / "g.png", "--json")
     assert code == 0, err
-    assert "note: " in err and "other.safetensors: network type 'loha', sampled one adapter at a time" in err
+    assert "note: " in err and "other.safetensors: network type 'dora', sampled one adapter at a time" in err
     cell = json.loads(stdout)[1]
     assert np.abs(pixels(cell["file"]) - generate(capsys, tmp_path, cell, steps=2)).max() <= 2
+
+
+def test_a_lokr_and_a_loha_batch_beside_each_other_with_no_note(tmp_path, capsys):
+    from test_network_types import file_of, trained_pipe
+
+    base = tiny_pipeline()
+    paths = [file_of(trained_pipe(base, kind), tmp_path, kind) for kind in ("lokr", "loha")]
+    code, stdout, err = cli(capsys, "grid", "--model", "tiny", "--lora", *paths, "--weights", "1", "--prompt",
+                            "a cat", "--steps", 2, "--out", tmp_path / "g.png", "--json")
+    assert code == 0, err
+    assert "note: " not in err  # no one-at-a-time fallback
+    cells = json.loads(stdout)
+    for cell in cells:
+        if cell["weight"]:
+            assert np.abs(pixels(cell["file"]) - generate(capsys, tmp_path, cell, steps=2)).max() <= 2
 
 
 def test_bad_input_is_one_line_naming_the_argument(inputs, tmp_path, capsys):

@@ -15,8 +15,13 @@ Adapters are held on the model's device in a cache keyed by the file's sha256 (`
 server never reloads the base model or re-injects adapters between requests. Classifier-free guidance runs the UNet
 on [uncond; cond], twice the batch: each half gets the same rows.
 
-Only plain down/up pairs (LoRA, LoCon, DyLoRA) batch; `not_batchable(adapter)` says why another type (LoHa, LoKr,
-DoRA) does not, and callers fall back to one adapter per batch through `AdapterBlender` for it.
+LoHa and LoKr layers batch as their update dW (`matrix()`, what `apply_adapter` adds), materialized once per
+cached adapter and layer (as much memory as the adapted base weights, per adapter): h_i += w_ik·dW_k·x_i, each dW
+in use applied to the whole batch and weighted per sample (0 for the samples without it), so a batch costs one
+base-layer product per LoHa/LoKr adapter in it, on top of the pairs' two small matmuls.
+DoRA does not batch: its update m·(W0 + w·s·B·A)/‖W0 + w·s·B·A‖ − W0 is not linear in the weight w, so each
+(adapter, weight) would need its own dense copy; `not_batchable(adapter)` says so, and callers fall back to one
+adapter per batch through `AdapterBlender` for it.
 """
 
 from __future__ import annotations
@@ -30,25 +35,27 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from sdlora.lora.kinds import LohaLayer, LokrLayer
 from sdlora.lora.metadata import read_metadata
 from sdlora.lora.state import Adapter, LoraLayer
 from sdlora.errors import SdloraError
 
-# network types (metadata `sdlora_network_type`) whose layers are plain down/up pairs
-BATCHABLE_TYPES = ("lora", "locon", "dylora")
+# network types (metadata `sdlora_network_type`) whose layers are down/up pairs or a dense dW linear in the weight
+BATCHABLE_TYPES = ("lora", "locon", "dylora", "loha", "lokr")
+DENSE_KINDS = (LohaLayer, LokrLayer)  # batched as their materialized update dW
 DEFAULT_CAPACITY = 16  # adapters kept on the device; the least recently used goes first
 
 Mix = list[tuple[str, float]]  # one sample's adapters: (cache key, weight)
 
 
 def not_batchable(adapter: Adapter) -> str | None:
-    """Why `adapter` cannot be batched here (a LoHa, LoKr or DoRA file), or None when it can."""
+    """Why `adapter` cannot be batched here (a DoRA file), or None when it can."""
     kind = (read_metadata(adapter.metadata).network_type or "lora").lower()
     if kind not in BATCHABLE_TYPES:
         return f"network type '{kind}'"
     for name, layer in adapter.layers.items():
-        if type(layer) is not LoraLayer:
-            return f"layer {name} is a {type(layer).__name__}, not a LoRA pair"
+        if type(layer) is not LoraLayer and not isinstance(layer, DENSE_KINDS):
+            return f"layer {name} is a {type(layer).__name__}, not a LoRA pair, LoHa or LoKr"
     return None
 
 
@@ -61,16 +68,21 @@ class CachedAdapter:
 
 
 class _LayerStack:
-    """The cached adapters' pairs for one base module, stacked by slot: down [S, r, in(, kh, kw)], up [S, out, r]."""
+    """The cached adapters' pairs for one base module, stacked by slot: down [S, r, in(, kh, kw)], up [S, out, r];
+    LoHa/LoKr layers as their dW, shaped like the module's weight."""
 
     def __init__(self, module: torch.nn.Module):
         self.module = module
         self.is_conv = isinstance(module, torch.nn.Conv2d)
         self.pairs: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}  # slot -> (down, up, alpha/rank)
+        self.dense: dict[int, torch.Tensor] = {}  # slot -> dW shaped like the weight (its scale included)
         self._stacks: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def put(self, slot: int, layer: LoraLayer) -> None:
+    def put(self, slot: int, layer) -> None:
         weight = self.module.weight
+        if isinstance(layer, DENSE_KINDS):
+            self.dense[slot] = layer.matrix().reshape(weight.shape).to(weight.device, weight.dtype)
+            return
         down = layer.down.to(weight.device, weight.dtype)
         up = layer.up.reshape(layer.up.shape[0], layer.rank).to(weight.device, weight.dtype)
         self.pairs[slot] = (down, up, layer.scale)
@@ -79,6 +91,10 @@ class _LayerStack:
     def drop(self, slot: int) -> None:
         if self.pairs.pop(slot, None) is not None:
             self._stacks = None
+        self.dense.pop(slot, None)
+
+    def slots(self) -> set[int]:
+        return self.pairs.keys() | self.dense.keys()
 
     def stacks(self, num_slots: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._stacks is None or self._stacks[0].shape[0] != num_slots:
@@ -95,13 +111,17 @@ class _LayerStack:
         return self._stacks
 
     def add_to(self, output: torch.Tensor, x: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor,
-               num_slots: int) -> torch.Tensor:
+               num_slots: int, used: set[int] = frozenset()) -> torch.Tensor:
         """output + Σ_k w_k·(alpha/rank)·B·(A·x) per sample; `slots`, `weights` are [K, N] (K adapters per sample
         at most). The scale goes on the rank-r intermediate and B's product is fused with the add (baddbmm), so
         the full-size output is touched once per adapter position."""
-        downs, ups, scales = self.stacks(num_slots)
         n = x.shape[0]
         out = output.reshape(n, output.shape[1], -1) if self.is_conv else output.reshape(n, -1, output.shape[-1])
+        if self.dense:
+            out = self._add_dense(out, x, slots, weights, used)
+        if not self.pairs:
+            return out.reshape(output.shape).to(output.dtype)
+        downs, ups, scales = self.stacks(num_slots)
         for k in range(slots.shape[0]):
             down, up = downs[slots[k]].to(x.dtype), ups[slots[k]].to(x.dtype)  # each sample's A and B
             scale = (weights[k] * scales[slots[k]]).to(x.dtype)
@@ -116,6 +136,23 @@ class _LayerStack:
                 low = torch.bmm(x.reshape(n, -1, x.shape[-1]), down.transpose(1, 2)) * scale[:, None, None]
                 out = torch.baddbmm(out.to(x.dtype), low, up.transpose(1, 2))  # [n, L, r] @ [n, r, out]
         return out.reshape(output.shape).to(output.dtype)
+
+    def _add_dense(self, out: torch.Tensor, x: torch.Tensor, slots: torch.Tensor, weights: torch.Tensor,
+                   used: set[int]) -> torch.Tensor:
+        """out + Σ_k w_k·dW·x per sample for the LoHa/LoKr slots, as `apply_adapter` adds dW·x: each dW in use is
+        applied to the whole batch (F.linear / F.conv2d, the module's own geometry) and weighted per sample by its
+        weight where the sample has it, 0 elsewhere; no host sync, one base-layer cost per LoHa/LoKr in the batch."""
+        module, n = self.module, x.shape[0]
+        for slot in sorted(used & self.dense.keys()):
+            delta = self.dense[slot].to(x.dtype)
+            per_sample = (weights * (slots == slot)).sum(0).to(x.dtype)  # [N]: this adapter's weight per sample
+            if self.is_conv:
+                y = F.conv2d(x, delta, None, module.stride, module.padding, module.dilation, module.groups)
+                out = out.to(x.dtype) + y.reshape(n, y.shape[1], -1) * per_sample[:, None, None]
+            else:
+                y = F.linear(x, delta)
+                out = out.to(x.dtype) + y.reshape(n, -1, y.shape[-1]) * per_sample[:, None, None]
+        return out
 
 
 class MultiAdapter:
@@ -217,15 +254,15 @@ class MultiAdapter:
 
     def _hook(self, stack: _LayerStack):
         def add_delta(module, args, output):
-            if self._active is None or not (self._active[2] & stack.pairs.keys()):
+            if self._active is None or not (self._active[2] & stack.slots()):
                 return output  # no mix active, or no sample of the batch has this layer
-            slots, weights, _, doubled = self._active
+            slots, weights, used, doubled = self._active
             x, n = args[0], slots.shape[1]
             if x.shape[0] == 2 * n:  # classifier-free guidance: [uncond; cond], each half the same samples
                 slots, weights = doubled
             elif x.shape[0] != n:
                 raise RuntimeError(f"a batch of {x.shape[0]} reached a layer set up for {n} samples")
-            return stack.add_to(output, x, slots, weights, self.num_slots)
+            return stack.add_to(output, x, slots, weights, self.num_slots, used)
         return add_delta
 
     def close(self) -> None:
@@ -264,7 +301,7 @@ def check_fits(pipe, adapter: Adapter, what: str) -> None:
         raise SdloraError(f"{what}: this LoRA is for {family} (from {source}) but the model is {model} model; use "
                           f"it with a model of its family")
     for name, layer in adapter.layers.items():
-        if type(layer) is not LoraLayer:
+        if type(layer) is not LoraLayer and not isinstance(layer, DENSE_KINDS):
             continue  # another network type: diffusers checks it when it loads it
         try:
             module = resolve_module(pipe, name)
@@ -273,6 +310,12 @@ def check_fits(pipe, adapter: Adapter, what: str) -> None:
         if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
             raise SdloraError(f"{what}: layer {name} is a {type(module).__name__}, not a Linear or Conv2d layer")
         weight = module.weight
+        if isinstance(layer, DENSE_KINDS):
+            if (layer.out_features, layer.in_features) != (weight.shape[0], weight[0].numel()):
+                raise SdloraError(f"{what}: layer {name} has shape ({layer.out_features}, {layer.in_features}) but "
+                                  f"the model's weight is {tuple(weight.shape)}; this {layer.kind} is for another "
+                                  f"base model ({family}, from {source})")
+            continue
         expected_down = (layer.rank, *weight.shape[1:])
         if tuple(layer.down.shape) != expected_down or layer.up.shape[0] != weight.shape[0]:
             raise SdloraError(f"{what}: layer {name} has down {tuple(layer.down.shape)} and up "

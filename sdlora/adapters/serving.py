@@ -6,8 +6,9 @@ together in batches of up to `batch_size`, each sample with its own prompt, nega
 defaults (an LCM adapter's scheduler, steps and guidance), the same per-sample noise (one CPU generator per sample,
 seeded as `generate` seeds its one), so only the float rounding of batched matmuls differs.
 
-An adapter that cannot be batched (LoHa, LoKr, DoRA) is served one request at a time through `AdapterBlender`, the
-path `sdlora generate` takes; `notes` says which files took it.
+An adapter that cannot be batched (DoRA: its update is not linear in the weight) is served one request at a time
+through `AdapterBlender`, the path `sdlora generate` takes; `notes` says which files took it. LoHa and LoKr batch
+(as their dense update, `sdlora.adapters.batched`).
 """
 
 from __future__ import annotations
