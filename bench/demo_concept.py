@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,7 +97,26 @@ def count_rings(images) -> int:
     return sum(ring_flags(images))
 
 
-def evaluate(adapter: Path, guidance: float, steps: int, seeds: list[int], mid: Path | None, device: str) -> dict:
+def count_circles(images) -> int:
+    from sdlora.procedural.detect import detect
+
+    return sum(bool(d and d.shape == "circle") for d in map(detect, images))
+
+
+def save_strip(images, path: Path) -> None:
+    """The images side by side in one PNG (a row per seed set), to look at what the detector counted."""
+    from PIL import Image
+
+    side = images[0].size[0]
+    strip = Image.new("RGB", (side * len(images), side), "white")
+    for i, image in enumerate(images):
+        strip.paste(image.convert("RGB"), (i * side, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    strip.save(path)
+
+
+def evaluate(adapter: Path, guidance: float, steps: int, seeds: list[int], mid: Path | None, device: str,
+             save: Path | None = None) -> dict:
     from sdlora.adapters import AdapterBlender
     from sdlora.models import load_pipeline
     import prompt_following as ev
@@ -109,8 +129,13 @@ def evaluate(adapter: Path, guidance: float, steps: int, seeds: list[int], mid: 
         prompts = [PROMPT, UNTRIGGERED] if weight == 1.0 else [PROMPT]
         images = ev.generate(blender.pipe, ev.jobs(prompts, use), steps=steps, guidance=guidance)
         out[f"w{weight:g}"] = count_rings(images[:len(use)])
+        if save is not None:
+            save_strip(images[:len(use)], save / f"w{weight:g}-g{guidance:g}.png")
+            if weight == 1.0:
+                save_strip(images[len(use):], save / f"leak-g{guidance:g}.png")
         if weight == 1.0:
             out["leak"] = count_rings(images[len(use):])
+            out["leak_circle"] = count_circles(images[len(use):])  # does the red circle stay one (not a blob)?
             out["ring_seeds_w1"] = [s for s, ring in zip(use, ring_flags(images[:len(use)])) if ring]
     if mid is not None:
         blender.set_weights({mid: 1.0})
@@ -191,6 +216,9 @@ def main(argv=None) -> dict:
                         help="where to train and draw (the concept test: cpu)")
     parser.add_argument("--adapter", type=Path, help="count the rings of this adapter file; no training")
     parser.add_argument("--label", default="")
+    parser.add_argument("--save-images", type=Path, metavar="DIR",
+                        help="write the counted images into DIR, one strip per weight (seeds left to right), and the "
+                             "adapter file")
     parser.add_argument("--types", nargs="+", metavar="TYPE", help=f"measure these network types: {', '.join(TYPES)}")
     parser.add_argument("--train-seeds", type=int, nargs="+", default=[42], help="with --types: train.seed of each run")
     parser.add_argument("--jobs", type=int, default=1, help="with --types: runs side by side (one thread each)")
@@ -208,7 +236,7 @@ def main(argv=None) -> dict:
         report = {"label": args.label, "adapter": str(args.adapter)}
         for guidance in args.guidance:
             report[f"g{guidance:g}"] = evaluate(args.adapter, guidance, args.eval_steps, list(range(args.seeds)),
-                                                None, args.device)
+                                                None, args.device, args.save_images)
         print(json.dumps(dict(report, versions=versions())), flush=True)
         return report
     with tempfile.TemporaryDirectory(prefix="sdlora-demo-bench-") as tmp:
@@ -242,9 +270,12 @@ def main(argv=None) -> dict:
         for guidance in args.guidance:
             t0 = time.perf_counter()
             counts = evaluate(result.adapter_path, guidance, args.eval_steps, list(range(args.seeds)), mid_path,
-                              args.device)
+                              args.device, args.save_images)
             report[f"g{guidance:g}"] = counts
             report[f"eval_s_g{guidance:g}"] = round(time.perf_counter() - t0, 1)
+        if args.save_images:  # the adapter too, to look at it again (`--adapter`) or in the Preview tab
+            args.save_images.mkdir(parents=True, exist_ok=True)
+            shutil.copy(result.adapter_path, args.save_images / result.adapter_path.name)
         report["versions"] = dict(versions(), device=args.device)
     print(json.dumps(report), flush=True)
     return report

@@ -27,6 +27,12 @@ class GenParams:
     scheduler: str = "ddim"
 
 
+# The Preview tab's opening values: the demo's trigger prompt, and a seed where the demo adapter (presets/demo.yaml)
+# draws its ring at weight 1, so the first image a new user makes shows the concept (tests/test_concept_end_to_end.py
+# draws this image from the adapter it trains and checks for the ring).
+PREVIEW_DEFAULTS = GenParams(prompt="a sks shape on a white background", seed=5, steps=20, guidance=5.0)
+
+
 def adapter_mode(path: Path) -> dict:
     """What an adapter's metadata says about how to sample it: mode, and for LCM scheduler, steps and guidance."""
     read = read_metadata(read_safetensors(path, label=path.name, tensors=False)[1], path.name)

@@ -17,7 +17,7 @@ from sdlora.models import builtin_models
 from ui.context import AppContext
 from ui.display import upscaled
 from ui.fields import parse_number
-from ui.preview_engine import SCHEDULERS, GenParams, PreviewEngine, adapter_mode
+from ui.preview_engine import PREVIEW_DEFAULTS, SCHEDULERS, GenParams, PreviewEngine, adapter_mode
 
 ROW_WEIGHTS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
@@ -69,14 +69,16 @@ def build(ctx: AppContext, engine: PreviewEngine | None = None) -> PreviewTab:
     with gr.Row(equal_height=False):
         with gr.Column(scale=2):
             prompt = gr.Textbox(label="Prompt", lines=2, elem_id="pv-prompt", interactive=True,
-                                value="a sks shape on a white background")
+                                value=PREVIEW_DEFAULTS.prompt)
             negative = gr.Textbox(label="Negative prompt", elem_id="pv-negative", interactive=True)
             with gr.Row(equal_height=False):
-                # Seed 2: the demo adapter (presets/demo.yaml) draws its ring there at 20 steps, guidance 5 (torch 2.13
-                # CPU; seeds 0, 1 and 3 drew a square, a disc and a moon): the first image shows the concept.
-                seed = gr.Textbox("2", label="Seed", elem_id="pv-seed", interactive=True, max_lines=1)
-                steps = gr.Slider(1, 100, 20, step=1, label="Steps", elem_id="pv-steps", interactive=True)
-                guidance = gr.Slider(0, 20, 5.0, step=0.1, label="Guidance", elem_id="pv-guidance", interactive=True)
+                # PREVIEW_DEFAULTS: a seed where the demo adapter draws its ring, so the first image shows the concept.
+                seed = gr.Textbox(str(PREVIEW_DEFAULTS.seed), label="Seed", elem_id="pv-seed", interactive=True,
+                                  max_lines=1)
+                steps = gr.Slider(1, 100, PREVIEW_DEFAULTS.steps, step=1, label="Steps", elem_id="pv-steps",
+                                  interactive=True)
+                guidance = gr.Slider(0, 20, PREVIEW_DEFAULTS.guidance, step=0.1, label="Guidance",
+                                     elem_id="pv-guidance", interactive=True)
             with gr.Row(equal_height=False):
                 width = gr.Slider(64, 1024, 64, step=8, label="Width", elem_id="pv-width", interactive=True)
                 height = gr.Slider(64, 1024, 64, step=8, label="Height", elem_id="pv-height", interactive=True)
