@@ -50,6 +50,9 @@ TIMED = [  # (name, batch, base_precision, seed, --set overrides, --val, profile
     ("timed-lokr-b8", 8, "auto", 42, ("network.type=lokr",), False, 0),
     ("timed-fp8-b8-s42", 8, "fp8", 42, (), True, 0),
     ("timed-bf16-b1-s42", 1, "auto", 42, (), False, 20),
+    # Channels-last convolutions: round four's b1 profile spent 29% of its kernel time in cuDNN NCHW->NHWC copies.
+    ("timed-cl-b1", 1, "auto", 42, ("train.channels_last=true",), False, 20),
+    ("timed-cl-b8", 8, "auto", 42, ("train.channels_last=true",), False, 0),
     ("timed-bf16-b8-s7", 8, "auto", 7, (), True, 0),
     ("timed-bf16-b32-s42", 32, "auto", 42, (), True, 0),
     ("timed-fp8-b32-s42", 32, "fp8", 42, (), True, 0),
