@@ -53,14 +53,16 @@ PROMPT = "a sks shape on a white background"
 # rank, half the linear one; "demo" is the preset as it is (LoRA on the same targets, convolutions at the full
 # rank). The LoHa/LoKr/DoRA rows keep the preset's targets; LoKr at 3x the preset's lr (at 5e-3 it drew 2 of 16
 # rings where 1.5e-2 drew 7, train.seed 42; docs/NETWORKS.md).
+# The text-encoder LoRA (the preset's network.text_encoder) is LoRA-only: the other types train the UNet alone.
+NO_TE = "network.text_encoder=false"
 NO_CONVS = "no-convs"  # stands for the preset's targets without conv1/conv2 (computed from the preset)
 TYPES: dict[str, list[str]] = {
     "demo": [],
     "lora": [NO_CONVS],
     "locon": ["network.conv_rank=4", "network.conv_alpha=4"],
-    "lokr": ["network.type=lokr", "train.lr=1.5e-2"],
-    "loha": ["network.type=loha"],
-    "dora": ["network.type=dora"],
+    "lokr": ["network.type=lokr", "train.lr=1.5e-2", NO_TE],
+    "loha": ["network.type=loha", NO_TE],
+    "dora": ["network.type=dora", NO_TE],
 }
 UNTRIGGERED = "a red circle on a white background"
 
