@@ -12,7 +12,8 @@ from sdlora.errors import SdloraError
 
 
 def register(sub) -> None:
-    from sdlora.adapters.serving import DEFAULT_BATCH
+    # Nothing heavy here: every `sdlora` command builds this parser (sdlora.adapters.serving imports torch and
+    # diffusers, ~4.7 s; the default batch is read from it when the grid runs).
     from sdlora.grid.plan import MAX_CELLS
 
     p = sub.add_parser("grid", help="compare adapters or a run's checkpoints side by side: a labelled image grid")
@@ -36,9 +37,9 @@ def register(sub) -> None:
     p.add_argument("--scheduler", default=None, help="ddim, euler, euler_a, dpmpp_2m or lcm (default: the "
                                                      "model's own, or an LCM adapter's)")
     p.add_argument("--size", default=None, metavar="WxH", help="image size, e.g. 512x512 (default: the model's)")
-    p.add_argument("--batch", type=int, default=DEFAULT_BATCH,
-                   help=f"cells per pipeline call, any mix of adapters (default {DEFAULT_BATCH}); lower it if the "
-                        f"GPU runs out of memory")
+    p.add_argument("--batch", type=int, default=None,
+                   help="cells per pipeline call, any mix of adapters (default 8, as the Preview); lower it if the "
+                        "GPU runs out of memory")
     p.add_argument("--max-cells", type=int, default=MAX_CELLS,
                    help=f"refuse grids with more cells than this (default {MAX_CELLS})")
     p.add_argument("--out", required=True, metavar="PNG",
@@ -48,7 +49,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from sdlora.adapters.serving import BatchGenerator
+    from sdlora.adapters.serving import DEFAULT_BATCH, BatchGenerator
     from sdlora.commands.generate import parse_size
     from sdlora.grid.plan import expand_sources, parse_weights, plan_cells
     from sdlora.grid.render import GridSettings, grid_paths, render_grid
@@ -60,15 +61,16 @@ def run(args) -> int:
         raise SdloraError(f"--scheduler '{args.scheduler}' is unknown; use one of {', '.join(SCHEDULERS)}")
     if args.steps is not None and args.steps < 1:
         raise SdloraError(f"--steps {args.steps}: give at least 1 step")
-    if args.batch < 1:
-        raise SdloraError(f"--batch {args.batch}: give at least 1 cell per batch")
+    batch = DEFAULT_BATCH if args.batch is None else args.batch
+    if batch < 1:
+        raise SdloraError(f"--batch {batch}: give at least 1 cell per batch")
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise SdloraError(f"--out {out}: give a .png path for the grid image")
     cells = plan_cells(expand_sources(args.lora), parse_weights(args.weights), args.prompt, args.max_cells)
     settings = GridSettings(args.seed, args.steps, args.guidance, args.scheduler, args.negative, width, height)
     generator = BatchGenerator(load_pipeline(args.model, vae=args.vae, allow_pickle=args.allow_pickle),
-                               batch_size=args.batch)
+                               batch_size=batch)
     started = time.perf_counter()
     progress = None if args.json or not sys.stderr.isatty() else _bar(len(cells))
     index = render_grid(generator, cells, settings, out,
