@@ -45,11 +45,3 @@ def shapes_dir(tmp_path: Path) -> Path:
 def write_preset(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`-n 2 --dist loadgroup`, as the README and CI run the tests): the browser tests share
-    one worker, one after another, so at most one app server and one Chromium run beside the other worker's test."""
-    for item in items:
-        if item.nodeid.replace("\\", "/").startswith("tests/browser/"):
-            item.add_marker(pytest.mark.xdist_group("browser"))
