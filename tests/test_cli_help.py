@@ -30,6 +30,14 @@ def test_train_help_says_preset_or_resume_is_required_and_generate_explains_prom
     assert "--prompt PROMPT what to draw" in generate and "--seed SEED random seed" in generate
 
 
+def test_grid_help_names_the_batch_it_uses():
+    """The grid's parser states its default batch without importing sdlora.adapters.serving (see below); the
+    number it states is the one the grid runs with."""
+    from sdlora.adapters.serving import DEFAULT_BATCH
+
+    assert f"(default {DEFAULT_BATCH}, as the Preview)" in " ".join(help_text("grid").split())
+
+
 def test_the_parser_and_the_light_commands_start_without_torch(tmp_path):
     """`sdlora --help`, `sdlora queue list` and every other command's parser import no torch, diffusers or
     bitsandbytes: they answer at once (0.3 s, where building the grid command's parser once took 5 s by importing

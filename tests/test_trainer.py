@@ -14,7 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sdlora.config import config_from_dict, replace_keys
+from test_recipe import resume_cut_off_copy, train_run
+
+from sdlora.config import config_from_dict, load_config, replace_keys
 from sdlora.data import SampleKey, collate
 from sdlora.events import EVENT_KINDS, EventBus, read_events
 from sdlora.train.rundir import new_run
@@ -133,10 +135,10 @@ save: {{every: 1000, output_dir: {tmp_path / 'outputs'}}}
 
 
 # Ctrl-C and --resume end on the adapter of an uninterrupted run, bit for bit: three `sdlora train` processes.
-def test_sigint_then_resume_gives_a_bitwise_identical_adapter(shapes_dir, tmp_path, network_type="lora"):
-    full = _run_cli(["train", "--preset", str(_preset(tmp_path, shapes_dir, "full", 40, network_type))], tmp_path)
+def test_sigint_then_resume_gives_a_bitwise_identical_adapter(shapes_dir, tmp_path):
+    full = _run_cli(["train", "--preset", str(_preset(tmp_path, shapes_dir, "full", 40))], tmp_path)
     # Meanwhile: the same run, interrupted by SIGINT part-way.
-    part = _run_cli(["train", "--preset", str(_preset(tmp_path, shapes_dir, "part", 40, network_type))], tmp_path)
+    part = _run_cli(["train", "--preset", str(_preset(tmp_path, shapes_dir, "part", 40))], tmp_path)
     events_file = tmp_path / "outputs" / "part" / "events.jsonl"
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -172,10 +174,6 @@ def test_sigint_then_resume_gives_a_bitwise_identical_adapter(shapes_dir, tmp_pa
 @pytest.mark.slow
 @pytest.mark.parametrize("network_type", ["dora", "loha", "lokr", "dylora"])
 def test_each_network_type_resumes_to_a_bitwise_identical_adapter(shapes_dir, tmp_path, network_type):
-    from test_recipe import resume_cut_off_copy, train_run
-
-    from sdlora.config import load_config
-
     config = replace_keys(load_config(_preset(tmp_path, shapes_dir, "r", 4, network_type)), {"save.every": 2})
     _, result, _ = train_run(config)
     assert result.status == "done"
