@@ -296,7 +296,11 @@ def render_many(count: int, seed: int = 0, workers: int | None = None,
     if workers <= 1 or len(ranges) <= 1:
         parts = [render_range(*r) for r in ranges]
     else:
-        with multiprocessing.get_context("spawn" if os.name == "nt" else "fork").Pool(workers) as pool:
+        # Spawned, never forked: a fork copies the caller's threads' locks without the threads (torch's and
+        # onnxruntime's pools, pytest-xdist's I/O thread), and a worker forked while one was held waits forever (seen
+        # in CI: a pool worker stuck on its task queue's lock, the test run hung). Each worker imports this module
+        # afresh instead, about a second on start.
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
             parts = pool.map(_render_range_args, ranges, chunksize=1)
     images = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, SIZE, SIZE, 3), np.uint8)
     return images, [c for p in parts for c in p[1]]
