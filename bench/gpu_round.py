@@ -43,32 +43,56 @@ sys.path.insert(0, str(HERE.parent))
 STEPS = {1: (20, 60), 8: (20, 60), 32: (20, 40)}  # batch: (warm-up, timed steps)
 LR = 3e-4  # high enough that 100 steps move the fixed-data loss on a random-weight UNet
 FEATURES = ("train.ema=true", "data.validation_split=0.125", "train.validate_every=20")
+LOCON = ("network.targets=[to_q,to_k,to_v,to_out.0,proj_in,proj_out,conv1,conv2]", "network.conv_rank=8",
+         "network.conv_alpha=4")
+DYLORA = ("network.type=dylora", "network.dylora_unit=4")
 TIMED = [  # (name, batch, base_precision, seed, --set overrides, --val, profiled steps)
     ("timed-bf16-b8-s42", 8, "auto", 42, (), True, 0),
     ("timed-ema-val-b8", 8, "auto", 42, FEATURES, False, 0),
     ("timed-dora-b8", 8, "auto", 42, ("network.type=dora",), False, 0),
     ("timed-lokr-b8", 8, "auto", 42, ("network.type=lokr",), False, 0),
+    ("timed-loha-b8", 8, "auto", 42, ("network.type=loha",), False, 0),
+    ("timed-locon-b8", 8, "auto", 42, LOCON, False, 0),
+    ("timed-dylora-b8", 8, "auto", 42, DYLORA, False, 0),
     ("timed-fp8-b8-s42", 8, "fp8", 42, (), True, 0),
     ("timed-bf16-b1-s42", 1, "auto", 42, (), False, 20),
     # Channels-last convolutions: round four's b1 profile spent 29% of its kernel time in cuDNN NCHW->NHWC copies.
     ("timed-cl-b1", 1, "auto", 42, ("train.channels_last=true",), False, 20),
     ("timed-cl-b8", 8, "auto", 42, ("train.channels_last=true",), False, 0),
+    ("timed-cl-b32", 32, "auto", 42, ("train.channels_last=true",), True, 0),
+    # The flat gradient buffer the trainer kept before round five (compiled.needs_gradient_buffer): the A/B at b1.
+    ("timed-cl-b1-buffer", 1, "auto", 42, ("train.channels_last=true",), False, 0),
+    ("timed-blocks-b8", 8, "auto", 42, (), False, 0),  # compile: blocks (EXTRA_ARGS), after first-step-blocks
     ("timed-bf16-b8-s7", 8, "auto", 7, (), True, 0),
     ("timed-bf16-b32-s42", 32, "auto", 42, (), True, 0),
     ("timed-fp8-b32-s42", 32, "fp8", 42, (), True, 0),
 ]
 SDXL_TFLOP_PER_SAMPLE = 14.58
 SD15_TFLOP_PER_SAMPLE = 1.7876  # FlopCounterMode, forward + backward, the `flops` stage of the last round
-# Compiled together at the start (the compile is mostly one CPU thread per process, and 16 cores are there):
-# (name, batch, base_precision, --set overrides). b32 is left out: its figures stand from the last round.
-PRECOMPILE = [("b8-lora", 8, "auto", ()), ("b1-lora", 1, "auto", ()), ("b8-dora", 8, "auto", ("network.type=dora",))]
-# Left out for device time (each compiled variant costs ~60 s more in parallel): ("b8-fp8", 8, "fp8", ()),
-# ("b8-lokr", 8, "auto", ("network.type=lokr",)); their timed stages then compile cold.
+# train_speed.py flags of a timed stage beyond TIMED's (a later --compile wins over stage_timed's own)
+EXTRA_ARGS = {"timed-cl-b1-buffer": ["--grad-buffer"], "timed-blocks-b8": ["--compile", "blocks"]}
+# Stages that run on the compile cache of first-step-blocks (a folder of its own, see there)
+OWN_CACHE = {"timed-blocks-b8": "cache-blocks"}
+CL = ("train.channels_last=true",)
+# Compiled together by `precompile` (the compile is mostly one CPU thread per process, and 16 cores are there):
+# name: (batch, base_precision, --set overrides). Each one fills the cache of the timed stages of that shape.
+COMPILE_CONFIGS = {"b8-lora": (8, "auto", ()), "b1-lora": (1, "auto", ()), "b8-dora": (8, "auto", ("network.type=dora",)),
+                   "b32-lora": (32, "auto", ()), "b8-fp8": (8, "fp8", ()), "b32-fp8": (32, "fp8", ()),
+                   "b8-lokr": (8, "auto", ("network.type=lokr",)),
+                   "b8-loha": (8, "auto", ("network.type=loha",)), "b8-locon": (8, "auto", LOCON),
+                   "b8-dylora": (8, "auto", DYLORA), "b1-cl": (1, "auto", CL), "b8-cl": (8, "auto", CL),
+                   "b32-cl": (32, "auto", CL)}
+PRECOMPILE = ["b8-lora", "b1-lora", "b8-dora"]  # --precompile picks others
+MEMORY_RUNS = [  # (label, gradient checkpointing, base_precision, --set overrides): batch 1, eager
+    ("lora", False, "auto", ()), ("lora", True, "auto", ()), ("locon", True, "auto", LOCON),
+    ("loha", True, "auto", ("network.type=loha",)), ("lokr", True, "auto", ("network.type=lokr",)),
+    ("dora", True, "auto", ("network.type=dora",)), ("dylora", True, "auto", DYLORA),
+    ("fp8", False, "fp8", ()), ("fp8", True, "fp8", ()),
+]
 EAGER_TYPES = [  # (label, --set overrides): the step cost of each network type, eager, batch 8
-    ("lora", ()), ("locon", ("network.targets=[to_q,to_k,to_v,to_out.0,proj_in,proj_out,conv1,conv2]",
-                             "network.conv_rank=8", "network.conv_alpha=4")),
+    ("lora", ()), ("locon", LOCON),
     ("loha", ("network.type=loha",)), ("lokr", ("network.type=lokr",)), ("dora", ("network.type=dora",)),
-    ("dylora", ("network.type=dylora", "network.dylora_unit=4")), ("lora+ema+val", FEATURES),
+    ("dylora", DYLORA), ("lora+ema+val", FEATURES),
 ]
 
 
@@ -248,7 +272,9 @@ def stage_precompile(args) -> dict:
     out.mkdir(parents=True)
     procs = {}
     start = time.perf_counter()
-    for name, batch, precision, sets in PRECOMPILE:
+    names = args.precompile or PRECOMPILE
+    for name in names:
+        batch, precision, sets = COMPILE_CONFIGS[name]
         preset = out / f"{name}.yaml"
         preset.write_text(yaml.safe_dump(apply_overrides({
             "name": name, "model": args.model_dir,
@@ -257,9 +283,12 @@ def stage_precompile(args) -> dict:
             "train": {"steps": 2, "batch_size": batch, "mixed_precision": "bf16", "compile": "on",
                       "base_precision": precision, "report_every": 1},
             "save": {"output_dir": str(out)}}, list(sets))))
+        # Each process would start a pool of one kernel-compile worker per core: with many at once, share them.
+        workers = max(4, 2 * (os.cpu_count() or 16) // len(names))
         procs[name] = subprocess.Popen([sys.executable, str(HERE / "compile_times.py"), str(out / f"{name}.times"),
                                         "train", "--preset", str(preset)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                       env={**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": str(workers)})
     result = {}
     for name, proc in procs.items():
         _, err = proc.communicate()
@@ -271,6 +300,63 @@ def stage_precompile(args) -> dict:
             result[name]["stderr"] = err[-1500:]
     (Path(os.environ["SDLORA_CACHE"]) / "precompiled").write_text(json.dumps(result))
     return result
+
+
+def stage_first_step_blocks(args) -> dict:
+    """SD 1.5 at batch 8 with `compile: blocks` to its first step: cold (SDLORA_CACHE pointed at a new, empty
+    folder, so inductor's cache and the latents' disk cache start empty as on a new machine), warm (50 steps, their
+    speed from the step events), then warm again under cProfile: where a warm start's seconds go."""
+    import pstats
+    import shutil
+
+    from train_speed import time_to_first_step
+
+    work = work_dir()  # before SDLORA_CACHE moves: work_dir() follows it
+    fresh = work / "cache-blocks"
+    shutil.rmtree(fresh, ignore_errors=True)
+    os.environ["SDLORA_CACHE"] = str(fresh)  # the `sdlora train` children inherit it
+    out = work / "first-blocks"
+    shutil.rmtree(out, ignore_errors=True)
+    profile = work / "first-blocks.prof"
+    result = time_to_first_step(Path(args.model_dir), Path(args.data_dir), out, 8,
+                                bench_args(compile="blocks", first_step_profile=profile), run2_steps=50)
+    if profile.is_file():
+        import io
+
+        text = io.StringIO()
+        pstats.Stats(str(profile), stream=text).sort_stats("cumulative").print_stats(45)
+        result["warm_profile_top"] = text.getvalue()[-9000:]
+    return result
+
+
+def stage_memory(args) -> dict:
+    """Peak GPU memory at batch 1, eager, latents cached, for each network type and fp8 base weights, plain and
+    with gradient checkpointing (docs/PERFORMANCE.md's low-memory table; 8-bit AdamW is left out: bitsandbytes is
+    not on the lent machine, and a rank-16 LoRA's optimizer state is tens of MB)."""
+    import gc
+    import shutil
+
+    import torch
+    from train_speed import run_one
+
+    rows = []
+    for label, checkpointing, precision, sets in MEMORY_RUNS:
+        run_args = bench_args(compile="off", cuda_graphs="off", warmup=10, steps=10, cache="memory", lr=LR,
+                              seed=42, base_precision=precision, gradient_checkpointing=checkpointing,
+                              channels_last=False, optimizer="adamw", set=list(sets), profile_steps=0, val=False)
+        out = work_dir() / f"memory-{label}-{checkpointing}"
+        shutil.rmtree(out, ignore_errors=True)
+        try:
+            row = run_one(Path(args.model_dir), Path(args.data_dir), out, 1, run_args)
+            rows.append({"type": label, "gradient_checkpointing": checkpointing,
+                         **{k: row.get(k) for k in ("samples_per_s", "peak_gpu_mem_gib")}})
+        except Exception as error:  # one failing must not hide the others
+            rows.append({"type": label, "gradient_checkpointing": checkpointing,
+                         "error": f"{type(error).__name__}: {error}"[-1500:]})
+        gc.collect()
+        torch.cuda.empty_cache()
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return {"rows": rows}
 
 
 def stage_fp8_first_step(args) -> dict:
@@ -345,8 +431,9 @@ def stage_timed(args, name: str, batch: int, precision: str, seed: int, sets: tu
            "--steps", str(steps), "--cache", "memory", "--compile", "on", "--seed", str(seed),
            "--lr", str(LR), "--base-precision", precision, "--model-dir", args.model_dir, "--data-dir",
            args.data_dir, "--skip-flops", "--json", str(out), "--profile-steps", str(profile)]
-    cmd += (["--val"] if val else []) + [a for s in sets for a in ("--set", s)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd += (["--val"] if val else []) + [a for s in sets for a in ("--set", s)] + EXTRA_ARGS.get(name, [])
+    env = dict(os.environ, SDLORA_CACHE=str(work_dir() / OWN_CACHE[name])) if name in OWN_CACHE else None
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
     row = json.loads(out.read_text())["results"][0]
@@ -395,6 +482,8 @@ def stage_functions() -> dict:
               "flops": (40, stage_flops), "fp8_check": (40, stage_fp8_check), "first_step": (300, stage_first_step),
               "precompile": (300, stage_precompile), "baseline": (90, stage_baseline)}
     stages["fp8-first-step"] = (60, stage_fp8_first_step)
+    stages["first-step-blocks"] = (200, stage_first_step_blocks)
+    stages["memory"] = (150, stage_memory)
     for name, batch, precision, seed, sets, val, profile in TIMED:
         stages[name] = (60 if batch < 32 else 80,
                         lambda a, n=name, b=batch, p=precision, s=seed, o=sets, v=val, f=profile:
@@ -436,9 +525,13 @@ def summary_table(state: dict) -> str:
     if first:
         lines.append(f"first step b8 on: run1 ({first.get('run1_cache')}) {first.get('run1_s')} s "
                      f"(setup {first.get('run1_setup_s')}), run2 {first.get('run2_s')} s (setup {first.get('run2_setup_s')})")
-    for name in ("fp8-first-step", "sdxl-first-step", "sdxl-timed"):
+    for name in ("fp8-first-step", "first-step-blocks", "sdxl-first-step", "sdxl-timed"):
         if state.get(name, {}).get("result"):
-            lines.append(f"{name}: {json.dumps(state[name]['result'])}")
+            shown = {k: v for k, v in state[name]["result"].items() if k != "warm_profile_top"}
+            lines.append(f"{name}: {json.dumps(shown)}")
+    for row in state.get("memory", {}).get("result", {}).get("rows", []):
+        lines.append(f"memory b1 {row.get('type'):<7} checkpointing {row.get('gradient_checkpointing')!s:<5} "
+                     f"{row.get('samples_per_s', row.get('error', '')[-200:])!s:>9} {row.get('peak_gpu_mem_gib', '')!s:>6}")
     for row in state.get("types-eager", {}).get("result", {}).get("rows", []):
         lines.append(f"eager b8 {row.get('type'):<7} {row.get('samples_per_s', row.get('error', '')[-200:])!s:>9} "
                      f"{row.get('s_per_step', '')!s:>7} {row.get('peak_gpu_mem_gib', '')!s:>6}")
@@ -462,7 +555,9 @@ def main() -> None:
     parser.add_argument("--state", type=Path, required=True, help="JSON of the stages done so far (read and written)")
     parser.add_argument("--budget", type=float, default=560, help="seconds this call may spend")
     parser.add_argument("--sdxl", action="store_true", help="also the SDXL stages, after the SD 1.5 ones")
-    parser.add_argument("--only", nargs="*", help="run only these stages (in the usual order)")
+    parser.add_argument("--only", nargs="*", help="run only these stages, in this order")
+    parser.add_argument("--precompile", nargs="*", choices=list(COMPILE_CONFIGS),
+                        help=f"the configurations the precompile stage compiles (default: {' '.join(PRECOMPILE)})")
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # a child process: run this stage, print its JSON
     parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", default=None, help=argparse.SUPPRESS)
@@ -479,20 +574,27 @@ def main() -> None:
     work = work_dir()
     order = [s for s in stages if args.sdxl or not s.startswith("sdxl")]
     if args.only:
-        order = [s for s in order if s in args.only]
+        unknown = [s for s in args.only if s not in stages]
+        if unknown:
+            parser.error(f"--only: no stage named {', '.join(unknown)} (stages: {', '.join(stages)})")
+        order = args.only  # in the order given: a round puts what matters most first
     for name in order:
         done = state.get(name, {}).get("status") == "ok"
         # Stages whose product lives on the machine run again on a new machine.
         if name == "model" and done and not (work / "sd15" / "model_index.json").is_file():
             done = False
-        if name == "precompile" and done and not (cache / "precompiled").is_file():
-            done = False
+        if name == "precompile" and done and (not (cache / "precompiled").is_file() or not set(
+                args.precompile or PRECOMPILE) <= set(state[name]["result"])):
+            done = False  # a new machine, or configurations not compiled yet (the new ones join the old result)
         if name == "sdxl-model" and done and not (work / "sdxl" / "model_index.json").is_file():
             done = False
         if done:
             continue
         timed = next((t for t in TIMED if t[0] == name), None)
-        if (timed or name == "fp8-first-step") and not (cache / "precompiled").is_file():
+        if name in OWN_CACHE and not (work / OWN_CACHE[name] / "inductor").is_dir():
+            print(f"[{time.strftime('%X')}] {name}: skipped until first-step-blocks has run", flush=True)
+            continue
+        if (timed or name == "fp8-first-step") and name not in OWN_CACHE and not (cache / "precompiled").is_file():
             # Not compiled on this machine yet: a cold compile inside a timed stage would eat the budget.
             print(f"[{time.strftime('%X')}] {name}: skipped until precompile has run", flush=True)
             continue
@@ -503,6 +605,7 @@ def main() -> None:
             continue
         model = state.get("model", {}).get("result", {})
         cmd = [sys.executable, __file__, "--state", str(args.state), "--stage", name,
+               *(["--precompile", *args.precompile] if args.precompile else []),
                "--model-dir", model.get("model_dir", str(work / "sd15")),
                "--data-dir", model.get("data_dir", str(work / "data"))]
         print(f"[{time.strftime('%X')}] {name}: start ({left:.0f} s left)", flush=True)
@@ -516,6 +619,8 @@ def main() -> None:
                 entry = {"status": f"failed rc={proc.returncode}", "stderr": proc.stderr[-3000:]}
         except subprocess.TimeoutExpired:
             entry = {"status": "timed out"}
+        if name == "precompile" and entry["status"] == "ok" and state.get(name, {}).get("status") == "ok":
+            entry["result"] = {**state[name]["result"], **entry["result"]}
         entry["wall_s"] = round(time.perf_counter() - t0, 1)
         entry["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         state[name] = entry

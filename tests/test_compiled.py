@@ -102,3 +102,19 @@ def test_cuda_graphs_only_with_compile_on_a_gpu():
     assert not use_cuda_graphs(train(compile="off"), cuda)
     assert not use_cuda_graphs(train(compile="on", cuda_graphs="off"), cuda)
     assert not use_cuda_graphs(train(compile="on"), cpu)
+
+
+def test_the_flat_gradient_buffer_is_kept_only_where_gradients_accumulate_or_are_all_reduced(monkeypatch):
+    """With CUDA graphs and one micro-batch a step the buffer is dropped (an add per LoRA tensor and step, host
+    work that bounds batch 1); accumulation under CUDA graphs and data parallelism keep it."""
+    from sdlora.train.compiled import needs_gradient_buffer
+
+    def train(accumulation):
+        return config_from_dict({"model": "tiny", "train": {"gradient_accumulation": accumulation}}).train
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not needs_gradient_buffer(cuda_graphs=True, train=train(1))
+    assert needs_gradient_buffer(cuda_graphs=True, train=train(4))
+    assert not needs_gradient_buffer(cuda_graphs=False, train=train(4))  # eager: autograd's own grads add up
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert needs_gradient_buffer(cuda_graphs=False, train=train(1))

@@ -8,9 +8,12 @@ fuses the kernels (fewer, larger); its "reduce-overhead" mode also records them 
 one launch, so the host cost all but vanishes.
 
 CUDA graphs replay into the same memory every step. Two rules keep that safe here:
-- LoRA gradients are allocated once before the first step (distributed.GradientSync) and zeroed in place
-  (zero_grad(set_to_none=False)), so autograd accumulates into memory the trainer owns, never into a graph's
-  output buffer that the next replay (the next micro-batch with gradient accumulation) would overwrite;
+- with gradient accumulation, LoRA gradients are allocated once before the first step (distributed.GradientSync)
+  and zeroed in place (zero_grad(set_to_none=False)), so autograd accumulates into memory the trainer owns, never
+  into a graph's output buffer that the next replay (the next micro-batch) would overwrite. With one micro-batch a
+  step nothing accumulates: autograd takes the backward graph's gradient outputs as they are (no copy, no add per
+  parameter), the optimizer reads them, and zero_grad(set_to_none=True) lets them go before the next replay
+  (`needs_gradient_buffer`);
 - every micro-batch starts with `cudagraph_mark_step_begin()`, telling the graphs that tensors of the previous
   one are no longer read.
 
@@ -42,6 +45,16 @@ def use_cuda_graphs(train: TrainConfig, device: torch.device) -> bool:
     if device.type != "cuda" or not use_compile(train, device):
         return False
     return train.cuda_graphs in ("auto", "on")
+
+
+def needs_gradient_buffer(cuda_graphs: bool, train: TrainConfig) -> bool:
+    """Whether LoRA gradients must live in one flat buffer the trainer owns (distributed.GradientSync): for the
+    all-reduce of data parallelism, and under CUDA graphs when micro-batches accumulate (module docstring).
+    Otherwise the buffer costs an `AccumulateGrad` add per LoRA tensor and step (256 kernel launches for SD 1.5's
+    attention LoRA), host work that bounds the step at batch 1."""
+    from sdlora.train.distributed import is_distributed
+
+    return is_distributed() or (cuda_graphs and train.gradient_accumulation > 1)
 
 
 def persist_compile_cache() -> None:

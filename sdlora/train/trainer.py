@@ -25,7 +25,8 @@ from sdlora.errors import SdloraError
 from sdlora.events import EventBus
 from sdlora.network import count_parameters, dylora_ranks, extract_adapter, load_into, lora_parameters
 from sdlora.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from sdlora.train.compiled import compile_step_model, mark_step_begin, use_compile, use_cuda_graphs
+from sdlora.train.compiled import (compile_step_model, mark_step_begin, needs_gradient_buffer, use_compile,
+                                   use_cuda_graphs)
 from sdlora.train.distributed import GradientSync, any_process, is_distributed, mean_across_processes
 from sdlora.train.encode import BatchEncoder, set_vae_memory
 from sdlora.train.fp8 import check_fp8_supported, convert_frozen_linears
@@ -211,7 +212,8 @@ class Trainer:
             self.step_unet = compile_step_model(self.unet, self.cuda_graphs, scope=cfg.train.compile)
         else:
             self.step_unet = self.unet
-        self.grad_sync = GradientSync(self.params) if self.cuda_graphs or is_distributed() else None
+        self.grad_sync = (GradientSync(self.params) if needs_gradient_buffer(self.cuda_graphs, cfg.train)
+                          else None)
         self.is_main = self.accelerator.is_main_process
         self.rank = self.accelerator.process_index
         self.encoder = BatchEncoder(c, self.device, self.dtype)
