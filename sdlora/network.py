@@ -80,6 +80,8 @@ def _inject(model: torch.nn.Module, network: NetworkConfig, targets, seed: int) 
                 inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
         if network.type == "lokr":
             _lokr_full_scale(model)
+        if network.type in ("loha", "lokr"):
+            _without_module_dropout_draw(model)
         # fp32 LoRA whatever the base precision: updates are tiny relative to the values, and fp16/bf16 would
         # round them away.
         for param in lora_parameters(model):
@@ -103,6 +105,44 @@ def add_text_encoder_lora(text_encoder: torch.nn.Module, network: NetworkConfig,
         raise SdloraError(f"network.text_encoder: the text encoder ({type(text_encoder).__name__}) has no "
                           f"{'/'.join(TEXT_ENCODER_TARGETS)} layers; set network.text_encoder false")
     return names
+
+
+class _DeltaAlwaysAdded:
+    """The forward of a peft LoHa/LoKr layer without its module-dropout draw: base output plus each adapter's
+    delta, what peft's own forward computes when the draw keeps the adapter (always, at module_dropout 0)."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.disable_adapters or self.merged:
+            return super().forward(x, *args, **kwargs)
+        previous_dtype = x.dtype
+        result = self.base_layer(x, *args, **kwargs)
+        for name in self.active_adapters:
+            if name in self._available_adapters:
+                result = result + self._get_delta_activations(name, x, *args, **kwargs)
+        return result.to(previous_dtype)
+
+
+_DELTA_ALWAYS_ADDED: dict[type, type] = {}
+
+
+def _without_module_dropout_draw(model: torch.nn.Module) -> None:
+    """peft's LoHa and LoKr layers draw `torch.rand(1) > module_dropout` on the CPU in every training forward, even
+    at module_dropout 0 (the only value sdlora sets). A branch on a tensor breaks torch.compile's graph at every
+    such layer: 38 breaks in SD 1.5's attention LoKr, and the compiled step ran at 0.28x LoRA's on an H200 (round
+    five, docs/PERFORMANCE.md). Layers without module dropout get the same forward without the draw, through a
+    subclass, so peft's isinstance checks, merging and state dicts are as before."""
+    from peft.tuners.loha.layer import LoHaLayer
+    from peft.tuners.lokr.layer import LoKrLayer
+
+    for module in model.modules():
+        cls = type(module)
+        if not isinstance(module, (LoHaLayer, LoKrLayer)) or issubclass(cls, _DeltaAlwaysAdded):
+            continue
+        if any(module.module_dropout.get(name, 0.0) for name in module.active_adapters):
+            continue
+        if cls not in _DELTA_ALWAYS_ADDED:
+            _DELTA_ALWAYS_ADDED[cls] = type(cls.__name__, (_DeltaAlwaysAdded, cls), {"__module__": __name__})
+        module.__class__ = _DELTA_ALWAYS_ADDED[cls]
 
 
 def _lokr_full_scale(model: torch.nn.Module) -> None:
@@ -225,9 +265,8 @@ class DyLoraRanks:
 
     def __init__(self, models: list[torch.nn.Module], rank: int, unit: int):
         self.rank, self.unit = rank, unit
-        self.mask = torch.ones(rank)  # A's output: rank/b on rows < b, 0 after
-        self.trained = torch.ones(rank)  # gradient: 1 on the rows b-unit..b, 0 elsewhere
         self.b = rank
+        self.in_step = False  # between begin_step and end_step
         self.params: list[tuple[torch.nn.Parameter, int]] = []  # (A or B weight, its rank dim)
         self.saved: list[torch.Tensor] = []
         for model in models:
@@ -236,6 +275,12 @@ class DyLoraRanks:
                 for param, dim in ((module.lora_A[ADAPTER_NAME].weight, 0), (module.lora_B[ADAPTER_NAME].weight, 1)):
                     param.register_hook(self._grad_hook(dim, param.dim()))
                     self.params.append((param, dim))
+        # On the LoRA's device and changed in place: a compiled step with CUDA graphs reads them by address, and a
+        # CPU tensor in the graph would turn its CUDA graphs off (the compiled DyLoRA step ran at 0.60x LoRA's on
+        # an H200 so, round five).
+        device = self.params[0][0].device if self.params else None
+        self.mask = torch.ones(rank, device=device)  # A's output: rank/b on rows < b, 0 after
+        self.trained = torch.ones(rank, device=device)  # gradient: 1 on the rows b-unit..b, 0 elsewhere
 
     def _view(self, vector: torch.Tensor, dim: int, ndim: int, like: torch.Tensor) -> torch.Tensor:
         shape = [1] * ndim
@@ -243,7 +288,9 @@ class DyLoraRanks:
         return vector.to(like.device, like.dtype).view(shape)
 
     def _truncate(self, module, inputs, output):
-        if self.b >= self.rank:
+        # A flag, not `b < rank`: a compiled step guards on what the hook branches on, and one flag keeps one
+        # traced variant for every drawn b (the mask carries b).
+        if not self.in_step:
             return None
         # A's output carries the rank in its last dim (Linear) or its channel dim (Conv2d).
         return output * self._view(self.mask, 1 if output.dim() == 4 else output.dim() - 1, output.dim(), output)
@@ -255,26 +302,29 @@ class DyLoraRanks:
 
     def set_rank(self, b: int) -> None:
         self.b = b
-        self.mask = torch.zeros(self.rank)
-        self.mask[:b] = self.rank / b
-        self.trained = torch.zeros(self.rank)
-        self.trained[b - self.unit:b] = 1.0
+        with torch.no_grad():
+            self.mask.zero_()[:b] = self.rank / b
+            self.trained.zero_()[b - self.unit:b] = 1.0
 
     def begin_step(self) -> int:
         """Draw this step's b from the global torch RNG (seeded per step, so a resumed run draws the same)."""
         self.set_rank(self.unit * (1 + int(torch.randint(self.rank // self.unit, ()).item())))
-        self.saved = [param.detach().clone() for param, _ in self.params]
+        with torch.no_grad():  # one multi-tensor copy, not a kernel launch per tensor
+            self.saved = torch._foreach_mul([param.detach() for param, _ in self.params], 1.0)
+        self.in_step = True
         return self.b
 
     def end_step(self) -> None:
         """After the optimizer step: every row but this step's unit gets its value back; full rank again."""
         with torch.no_grad():
+            frozen = 1.0 - self.trained  # 1 on the rows to put back
             for (param, dim), before in zip(self.params, self.saved):
-                frozen = self._view(self.trained, dim, param.dim(), param) == 0
-                param.copy_(torch.where(frozen, before, param))
+                # lerp with weight exactly 1 returns `before` and with 0 `param`, bit for bit: one kernel a tensor.
+                param.lerp_(before, self._view(frozen, dim, param.dim(), param))
         self.saved = []
+        self.in_step = False
         self.set_rank(self.rank)
-        self.trained = torch.ones(self.rank)
+        self.trained.fill_(1.0)
 
 
 def dylora_ranks(unet: torch.nn.Module, network: NetworkConfig) -> DyLoraRanks | None:
