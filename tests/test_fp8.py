@@ -65,6 +65,38 @@ def test_fp8_layer_matches_the_linear_within_float8_error():
 
 
 @needs_scaled_mm
+def test_fp8_products_get_dense_rows_even_for_one_row_or_a_strided_input(monkeypatch):
+    """cuBLASLt's float8 product refuses a first operand that is not dense rows, and a single row (batch 1's time
+    embedding, eager: "Only multiplication of row-major and column-major matrices is supported by cuBLASLt" on an
+    H200). The CPU kernel takes anything, so the operands are checked where they are handed over; the results are
+    the same rows as in a larger batch."""
+    import sdlora.train.fp8 as fp8_module
+
+    seen = []
+    real = torch._scaled_mm
+
+    def spy(a, b, **kwargs):
+        seen.append((tuple(a.shape), a.stride(), tuple(kwargs["scale_a"].shape), kwargs["scale_a"].stride()))
+        return real(a, b, **kwargs)
+
+    monkeypatch.setattr(fp8_module.torch, "_scaled_mm", spy)
+    torch.manual_seed(0)
+    layer = Fp8FrozenLinear(torch.nn.Linear(64, 48).requires_grad_(False))
+    batch = torch.randn(4, 64)
+    one = batch[:1].clone().requires_grad_(True)
+    strided = torch.randn(64, 4).t()  # (4, 64), not row-major
+    out_one, out_batch = layer(one), layer(batch)
+    out_one.float().sum().backward()  # the input gradient: a one-row product too
+    layer(strided)
+    assert torch.equal(out_one, out_batch[:1])
+    assert out_one.shape == (1, 48) and one.grad.shape == (1, 64)
+    assert len(seen) == 4
+    for shape, stride, scale_shape, scale_stride in seen:
+        assert shape[0] >= 2 and stride == (shape[1], 1), (shape, stride)
+        assert scale_shape == (shape[0], 1) and scale_stride == (1, 1)
+
+
+@needs_scaled_mm
 def test_convert_swaps_frozen_base_layers_and_keeps_lora_trainable():
     from sdlora.models import load_components
     from sdlora.network import add_lora, lora_parameters

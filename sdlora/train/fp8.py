@@ -58,7 +58,19 @@ def fp8_matmul(x: torch.Tensor, xq: torch.Tensor, x_scale: torch.Tensor, w: torc
     weight layout, `wt` (K, N). A custom op rather than an autograd.Function, so that torch.compile's
     AOTAutograd cache keeps the compiled graphs between processes (it bypasses graphs with an
     autograd.Function: the fp8 runs then compiled again at every start, ~70 s on an H200)."""
-    return torch._scaled_mm(xq, w.t(), scale_a=x_scale, scale_b=w_scale.t(), out_dtype=torch.bfloat16)
+    rows = xq.shape[0]
+    xq, x_scale = _row_major(xq), _row_major(x_scale)
+    return torch._scaled_mm(xq, w.t(), scale_a=x_scale, scale_b=w_scale.t(), out_dtype=torch.bfloat16)[:rows]
+
+
+def _row_major(t: torch.Tensor) -> torch.Tensor:
+    """`t` (rows, K) as cuBLASLt's float8 product takes its first operand: dense rows. A single row reads as
+    either layout, and the product (1 x N) too, which cuBLASLt refuses ("Only multiplication of row-major and
+    column-major matrices is supported by cuBLASLt": batch 1's time embedding, eager, on an H200, round five), so
+    a lone row goes in twice and the caller keeps the first row of the result."""
+    if t.shape[0] == 1:
+        return t.expand(2, -1).contiguous()
+    return t if t.stride() == (t.shape[1], 1) else t.contiguous()
 
 
 @fp8_matmul.register_fake
