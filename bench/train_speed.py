@@ -391,7 +391,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--compile", default="off", choices=["auto", "on", "blocks", "off"])
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels-last", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
+                        help="train.channels_last (a bare --channels-last: on)")
     parser.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--first-step", type=int, nargs="*", default=[],
                         help="also time `sdlora train` from process start to its first step at these batch "

@@ -118,3 +118,51 @@ def test_the_flat_gradient_buffer_is_kept_only_where_gradients_accumulate_or_are
     assert not needs_gradient_buffer(cuda_graphs=False, train=train(4))  # eager: autograd's own grads add up
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert needs_gradient_buffer(cuda_graphs=False, train=train(1))
+
+
+CACHE_PROBE = """
+import os, sys, torch
+torch.compile(lambda x: x + 1)  # what a library's import-time decorator does: inductor writes its default to env
+from torch._inductor.runtime.cache_dir_utils import cache_dir
+from sdlora.train.compiled import persist_compile_cache
+persist_compile_cache()
+print(cache_dir())
+"""
+
+
+@pytest.mark.parametrize("user_dir", [None, "mine"])
+def test_compiled_kernels_go_to_the_sdlora_cache_unless_the_user_chose_a_folder(tmp_path, user_dir):
+    """Inductor's cache (what makes a second start warm) lives in the sdlora cache, not /tmp, even after an
+    earlier torch.compile call put torch's default into the environment; a TORCHINDUCTOR_CACHE_DIR the user set
+    is kept."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["SDLORA_CACHE"] = str(tmp_path / "cache")
+    if user_dir:
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / user_dir)
+    out = subprocess.run([sys.executable, "-c", CACHE_PROBE], env=env, capture_output=True, text=True, check=True)
+    expected = tmp_path / user_dir if user_dir else tmp_path / "cache" / "inductor"
+    assert out.stdout.strip().splitlines()[-1] == str(expected)
+
+
+def test_channels_last_auto_is_on_where_it_measured_faster():
+    """auto: a whole-UNet compile on CUDA at batch <= 8 (faster there on an H200; slower at 32, round five);
+    true/false in a preset still mean on/off; the CPU never converts."""
+    from sdlora.train.compiled import use_channels_last
+
+    def train(**values):
+        return config_from_dict({"model": "tiny", "train": values}).train
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert use_channels_last(train(compile="on", batch_size=8), cuda)
+    assert use_channels_last(train(compile="auto", batch_size=1), cuda)
+    assert not use_channels_last(train(compile="on", batch_size=32), cuda)
+    assert not use_channels_last(train(compile="blocks", batch_size=4), cuda)
+    assert not use_channels_last(train(compile="off", batch_size=4), cuda)
+    assert not use_channels_last(train(compile="on", batch_size=4), cpu)
+    assert use_channels_last(train(compile="off", batch_size=32, channels_last=True), cuda)
+    assert not use_channels_last(train(compile="on", batch_size=4, channels_last=False), cuda)
+    assert train(channels_last=True).channels_last == "on"

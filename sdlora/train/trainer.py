@@ -25,8 +25,8 @@ from sdlora.errors import SdloraError
 from sdlora.events import EventBus
 from sdlora.network import count_parameters, dylora_ranks, extract_adapter, load_into, lora_parameters
 from sdlora.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from sdlora.train.compiled import (compile_step_model, mark_step_begin, needs_gradient_buffer, use_compile,
-                                   use_cuda_graphs)
+from sdlora.train.compiled import (compile_step_model, mark_step_begin, needs_gradient_buffer, use_channels_last,
+                                   use_compile, use_cuda_graphs)
 from sdlora.train.distributed import GradientSync, any_process, is_distributed, mean_across_processes
 from sdlora.train.encode import BatchEncoder, set_vae_memory
 from sdlora.train.fp8 import check_fp8_supported, convert_frozen_linears
@@ -199,7 +199,7 @@ class Trainer:
         self.optimizer = make_optimizer(groups, cfg.train, self.device)
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg.train)
         self.ema = recipe.make_ema(self.params, cfg.train)
-        if cfg.train.channels_last and self.device.type == "cuda":
+        if use_channels_last(cfg.train, self.device):
             c.unet.to(memory_format=torch.channels_last)
         # Only the optimizer goes through accelerate (fp16 loss scaling); the UNet is not wrapped in DDP: its
         # LoRA gradients are averaged with one all-reduce per step (distributed.py), which CUDA graphs allow.
