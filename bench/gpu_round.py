@@ -17,12 +17,22 @@ Stages:
 - flops: forward + backward FLOPs per 512 px sample (FlopCounterMode);
 - first_step: `sdlora train` in a new process to its first step, batch 8, compile on: cold (empty inductor
   cache, the first compile of the round) then warm;
-- precompile: the other timed configurations through `sdlora train` for 2 steps, in parallel, to fill the cache;
+- precompile: the other timed configurations through `sdlora train` for 2 steps, in parallel, to fill the cache
+  (`--precompile NAME ...` picks them from COMPILE_CONFIGS; a later call with new names compiles those too);
+- first-step-blocks: SD 1.5 batch 8 with `compile: blocks`, cold (its own empty cache folder) then warm, then a
+  warm start under cProfile;
+- memory: peak memory at batch 1, eager, per network type and with fp8, plain and with gradient checkpointing;
 - baseline: the diffusers recipe loop at batch 1, 8, 32;
 - timed-*: train_speed.py runs (compiled + CUDA graphs, cached latents) with the loss on fixed data afterwards
-  (validation_loss): bf16 at batch 1, 8, 32 (8 and 32 with two seeds for the run-to-run spread), fp8 at 8, 32;
+  (validation_loss): bf16 at batch 1, 8, 32 (8 and 32 with two seeds for the run-to-run spread), fp8 at 8, 32,
+  each network type at 8, channels-last and NCHW (train.channels_last is auto: on at batch <= 8 since round five);
 - sdxl-* (--sdxl): SDXL 1024 px batch 4, `compile: blocks` cold and warm first step, then its speed.
-Prints a short table last.
+Prints a short table last. `--only` runs the stages named, in the order given.
+
+On the lent machine, compile site-packages to bytecode first (its image sets PYTHONDONTWRITEBYTECODE, so every new
+process would compile torch's sources again, seconds a start that a pip install does not pay):
+    unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX=/tmp/pyc
+    python3 -m compileall -q -j 16 /opt/torch/.venv/lib/python3.12/site-packages /tmp/site
 """
 
 from __future__ import annotations
@@ -58,6 +68,9 @@ TIMED = [  # (name, batch, base_precision, seed, --set overrides, --val, profile
     ("timed-bf16-b1-s42", 1, "auto", 42, (), False, 20),
     # Channels-last convolutions: round four's b1 profile spent 29% of its kernel time in cuDNN NCHW->NHWC copies.
     ("timed-cl-b1", 1, "auto", 42, ("train.channels_last=true",), False, 20),
+    # train.channels_last is auto since round five (on at batch <= 8 with compile on): the NCHW rows to compare.
+    ("timed-nchw-b1", 1, "auto", 42, ("train.channels_last=off",), False, 0),
+    ("timed-nchw-b8", 8, "auto", 42, ("train.channels_last=off",), False, 0),
     ("timed-cl-b8", 8, "auto", 42, ("train.channels_last=true",), False, 0),
     ("timed-cl-b32", 32, "auto", 42, ("train.channels_last=true",), True, 0),
     # The flat gradient buffer the trainer kept before round five (compiled.needs_gradient_buffer): the A/B at b1.
@@ -74,6 +87,7 @@ EXTRA_ARGS = {"timed-cl-b1-buffer": ["--grad-buffer"], "timed-blocks-b8": ["--co
 # Stages that run on the compile cache of first-step-blocks (a folder of its own, see there)
 OWN_CACHE = {"timed-blocks-b8": "cache-blocks"}
 CL = ("train.channels_last=true",)
+NCHW = ("train.channels_last=off",)
 # Compiled together by `precompile` (the compile is mostly one CPU thread per process, and 16 cores are there):
 # name: (batch, base_precision, --set overrides). Each one fills the cache of the timed stages of that shape.
 COMPILE_CONFIGS = {"b8-lora": (8, "auto", ()), "b1-lora": (1, "auto", ()), "b8-dora": (8, "auto", ("network.type=dora",)),
@@ -81,7 +95,7 @@ COMPILE_CONFIGS = {"b8-lora": (8, "auto", ()), "b1-lora": (1, "auto", ()), "b8-d
                    "b8-lokr": (8, "auto", ("network.type=lokr",)),
                    "b8-loha": (8, "auto", ("network.type=loha",)), "b8-locon": (8, "auto", LOCON),
                    "b8-dylora": (8, "auto", DYLORA), "b1-cl": (1, "auto", CL), "b8-cl": (8, "auto", CL),
-                   "b32-cl": (32, "auto", CL)}
+                   "b32-cl": (32, "auto", CL), "b1-nchw": (1, "auto", NCHW), "b8-nchw": (8, "auto", NCHW)}
 PRECOMPILE = ["b8-lora", "b1-lora", "b8-dora"]  # --precompile picks others
 MEMORY_RUNS = [  # (label, gradient checkpointing, base_precision, --set overrides): batch 1, eager
     ("lora", False, "auto", ()), ("lora", True, "auto", ()), ("locon", True, "auto", LOCON),
