@@ -16,3 +16,4 @@ pytest_collection_modifyitems  # pytest hooks and markers, called by pytest
 pytestmark
 own_cache  # an autouse fixture
 model.ir_version  # onnx reads it (tests/caption_fixtures.py)
+module.__class__  # assigning an object's class swaps its methods (sdlora/network.py: peft's LoHa/LoKr forward without the dropout draw), read by Python
