@@ -95,6 +95,16 @@ def job_choices(queue: Queue) -> list[tuple[str, str]]:
     return [(f"{j.id} · {j.name} ({j.state})", str(j.id)) for j in queue.jobs()]
 
 
+def tick_job_update(selected: str | None, choices: list[tuple[str, str]]) -> dict:
+    """The Job dropdown's update from the timer: new choices, the value left alone. `selected` is the value when
+    the tick was sent, and the user may have picked another job since: setting it back reset a fresh pick, and
+    Cancel then acted on the job picked before (seen in the browser test). Only a job gone from the queue clears
+    the pick."""
+    if selected is None or selected in [value for _, value in choices]:
+        return gr.update(choices=choices)
+    return gr.update(choices=choices, value=None)
+
+
 def build(ctx: AppContext, add: gr.Button, fields, widgets: list, preset, base_state) -> None:
     """The panel, below the Start row; `add` is the button from `add_button()`, `widgets` the settings."""
     queue = queue_of(ctx)
@@ -179,7 +189,7 @@ def build(ctx: AppContext, add: gr.Button, fields, widgets: list, preset, base_s
         new_sig = (stamp, q.runner_pid(), tuple(j.progress() for j in running))
         if new_sig == sig:
             return gr.skip(), gr.skip(), gr.skip(), sig
-        return (*refresh(selected), new_sig)
+        return jobs_html(q), tick_job_update(selected, job_choices(q)), runner_text(q), new_sig
 
     timer.tick(on_tick, [job, last], [*outputs, last], show_progress="hidden")
 
