@@ -302,13 +302,13 @@ def test_dylora_compiles_once_for_every_drawn_rank(pipe):
 def test_loha_lokr_forward_without_the_dropout_draw_is_peft_s_own(pipe, network_type):
     """The layers' forward without the draw (network._without_module_dropout_draw) computes what peft's forward
     computes, in training mode where the draw runs."""
+    from peft.tuners.loha.layer import LoHaLayer
+    from peft.tuners.lokr.layer import LoKrLayer
+
     from sdlora.network import _DeltaAlwaysAdded
 
     live = trained_pipe(pipe, network_type)
     live.unet.train()
-    from peft.tuners.loha.layer import LoHaLayer
-    from peft.tuners.lokr.layer import LoKrLayer
-
     layers = [m for m in live.unet.modules() if isinstance(m, (LoHaLayer, LoKrLayer))]
     swapped = [m for m in layers if isinstance(m, _DeltaAlwaysAdded)]
     assert len(swapped) == len(layers) > 0

@@ -32,6 +32,7 @@ import os
 import torch
 
 from sdlora.config import TrainConfig
+from sdlora.train.distributed import is_distributed
 from sdlora.userdata import cache_dir
 
 
@@ -67,8 +68,6 @@ def needs_gradient_buffer(cuda_graphs: bool, train: TrainConfig) -> bool:
     all-reduce of data parallelism, and under CUDA graphs when micro-batches accumulate (module docstring).
     Otherwise the buffer costs an `AccumulateGrad` add per LoRA tensor and step (256 kernel launches for SD 1.5's
     attention LoRA), host work that bounds the step at batch 1."""
-    from sdlora.train.distributed import is_distributed
-
     return is_distributed() or (cuda_graphs and train.gradient_accumulation > 1)
 
 
