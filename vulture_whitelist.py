@@ -17,3 +17,4 @@ pytestmark
 own_cache  # an autouse fixture
 model.ir_version  # onnx reads it (tests/caption_fixtures.py)
 module.__class__  # assigning an object's class swaps its methods (sdlora/network.py: peft's LoHa/LoKr forward without the dropout draw), read by Python
+graphs_on_the_cpu  # a fixture the step-graph tests name in usefixtures

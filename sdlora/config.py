@@ -209,9 +209,12 @@ class TrainConfig:
                     "attention/ResNet block on its own (repeated blocks traced once: a warm start ~9 s shorter, steps "
                     "~6% slower at batch 8), auto = on with CUDA; minutes of compile time on first use, seconds "
                     "once cached", group="Precision and speed")
-    cuda_graphs: Literal["auto", "on", "off"] = opt(
-        "auto", help="with compile on a GPU, replay the UNet step as CUDA graphs (auto: on); removes the per-step "
-                     "host overhead that bounds small batches", group="Precision and speed")
+    cuda_graphs: Literal["auto", "on", "step", "off"] = opt(
+        "auto", help="with compile on a GPU, replay the step as CUDA graphs, which removes the per-step host "
+                     "overhead that bounds small batches: on = the compiled UNet's forward and backward; step = the "
+                     "whole step (forward, backward, clipping, AdamW) as one graph per batch shape, where the run "
+                     "allows it (1.5x on at batch 1 on an H200); auto = step for a LoRA on bf16/fp32 base weights "
+                     "where the run allows it, else on", group="Precision and speed")
     channels_last: Literal["auto", "on", "off"] = opt(
         "auto", help="channels-last memory layout for the UNet's convolutions on CUDA (cuDNN then skips a layout "
                      "copy around each one); auto: on with compile on and batch <= 8, where it measured faster "

@@ -102,6 +102,21 @@ def test_cuda_graphs_only_with_compile_on_a_gpu():
     assert not use_cuda_graphs(train(compile="off"), cuda)
     assert not use_cuda_graphs(train(compile="on", cuda_graphs="off"), cuda)
     assert not use_cuda_graphs(train(compile="on"), cpu)
+    assert use_cuda_graphs(train(compile="on", cuda_graphs="step"), cuda)
+
+
+def test_auto_records_the_whole_step_where_it_was_measured_step_asks_for_it_anywhere():
+    from sdlora.train.compiled import use_whole_step_graph
+
+    def config(cuda_graphs, network_type="lora", base_precision="auto"):
+        return config_from_dict({"network": {"type": network_type},
+                                 "train": {"cuda_graphs": cuda_graphs, "base_precision": base_precision}})
+
+    assert use_whole_step_graph(config("auto"))  # LoRA on bf16 weights: 1.51x at batch 1 (round six)
+    assert not use_whole_step_graph(config("auto", "dora"))  # not timed: the UNet's own graphs
+    assert not use_whole_step_graph(config("auto", base_precision="fp8"))
+    assert use_whole_step_graph(config("step", "dora")) and use_whole_step_graph(config("step", "lokr"))
+    assert not use_whole_step_graph(config("on")) and not use_whole_step_graph(config("off"))
 
 
 def test_the_flat_gradient_buffer_is_kept_only_where_gradients_accumulate_or_are_all_reduced(monkeypatch):

@@ -151,6 +151,11 @@ def test_time_ids_are_the_bucket_crop_and_the_text_cache_with_pooled_embeddings_
     assert (resized, top, left) == ((48, 96), 8, 0)
     expected = torch.tensor([[48, 96, 8, 0, 32, 96]] * 2, dtype=torch.float32)
     assert torch.equal(cond.time_ids.cpu(), expected)
+    # A step recorded as one CUDA graph gets them as a tensor field made before the step: the same ids.
+    from sdlora.train.encode import with_time_ids
+
+    _, recorded = trainer.encoder({**with_time_ids(batch), "original_size": None}, torch.Generator().manual_seed(0))
+    assert torch.equal(recorded.time_ids.cpu(), expected)
     assert cond.text_embeddings.shape == (2, 77, 64) and cond.pooled_text_embeddings.shape == (2, 32)
     # the cached pooled embedding is what the second encoder gives now
     fresh = trainer.encoder.text_features(batch["caption"])

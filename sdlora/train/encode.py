@@ -84,6 +84,12 @@ def micro_conditioning(batch: dict[str, Any]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32)
 
 
+def with_time_ids(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch with SDXL's micro-conditioning made a tensor field, "time_ids", beforehand: a step recorded as a
+    CUDA graph reads tensors at fixed addresses, never numbers turned into a tensor on the host (step_graph.py)."""
+    return {**batch, "time_ids": micro_conditioning(batch)}
+
+
 class BatchEncoder:
     def __init__(self, components, device: torch.device, dtype: torch.dtype):
         self.vae = components.vae
@@ -133,8 +139,9 @@ class BatchEncoder:
     def _conditioning(self, features: dict[str, torch.Tensor], batch: dict[str, Any]) -> Conditioning:
         if not self.is_sdxl:
             return Conditioning(features["text_embeddings"])
+        time_ids = batch["time_ids"] if "time_ids" in batch else micro_conditioning(batch)
         return Conditioning(features["text_embeddings"], features["pooled_text_embeddings"],
-                            micro_conditioning(batch).to(self.device, self.dtype))
+                            time_ids.to(self.device, self.dtype))
 
     @torch.no_grad()
     def latents(self, pixel_values: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

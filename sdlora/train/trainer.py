@@ -26,9 +26,9 @@ from sdlora.events import EventBus
 from sdlora.network import count_parameters, dylora_ranks, extract_adapter, load_into, lora_parameters
 from sdlora.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from sdlora.train.compiled import (compile_step_model, mark_step_begin, needs_gradient_buffer, use_channels_last,
-                                   use_compile, use_cuda_graphs)
+                                   use_compile, use_cuda_graphs, use_whole_step_graph)
 from sdlora.train.distributed import GradientSync, any_process, is_distributed, mean_across_processes
-from sdlora.train.encode import BatchEncoder, set_vae_memory
+from sdlora.train.encode import BatchEncoder, set_vae_memory, with_time_ids
 from sdlora.train.fp8 import check_fp8_supported, convert_frozen_linears
 from sdlora.train.killpoints import kill_point
 from sdlora.train.memory import memory_watch
@@ -39,6 +39,7 @@ from sdlora.train.optim import evaluation_weights, make_lr_scheduler, make_optim
 from sdlora.train.requests import take_requests
 from sdlora.train.rundir import RunPaths
 from sdlora.train.sampling import sample_images
+from sdlora.train.step_graph import CudaGraphRecorder, StepGraphs, step_graph_blocker, tensor_lr
 from sdlora.train import recipe
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -198,6 +199,22 @@ class Trainer:
         self.params = [p for group in groups for p in group["params"]]
         self.optimizer = make_optimizer(groups, cfg.train, self.device)
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg.train)
+        # CUDA graphs: the compiled UNet's own (cudagraph trees, `cuda_graphs`), or the whole step recorded by
+        # the trainer (`whole_step`, step_graph.py), which takes over when the run allows it.
+        self.cuda_graphs = use_cuda_graphs(cfg.train, self.device)
+        self.whole_step = self.cuda_graphs and use_whole_step_graph(cfg)
+        if self.whole_step:
+            blocker = step_graph_blocker(cfg, is_distributed())
+            if blocker and cfg.train.cuda_graphs == "step":  # asked for: say why not (auto falls back quietly)
+                self.events.emit("warning", message=f"train.cuda_graphs: step is not possible for this run "
+                                                    f"({blocker}); the UNet's own CUDA graphs are used (on)")
+            if blocker:
+                self.whole_step = False
+            else:
+                self.cuda_graphs = False  # the UNet compiles without graphs of its own: the step's graph holds it
+                tensor_lr(self.optimizer, self.device)  # after the schedule is made: its base lrs stay numbers
+                for group in self.optimizer.param_groups:
+                    group["capturable"] = self.device.type == "cuda"  # the recorded update keeps its step count
         self.ema = recipe.make_ema(self.params, cfg.train)
         if use_channels_last(cfg.train, self.device):
             c.unet.to(memory_format=torch.channels_last)
@@ -207,7 +224,6 @@ class Trainer:
         self.optimizer = self.accelerator.prepare(self.optimizer)
         # The training step runs a compiled view of the UNet (same parameters); sampling and saving use the
         # plain module, so other shapes (CFG batches at sampling) never trigger recompilation of the step.
-        self.cuda_graphs = use_cuda_graphs(cfg.train, self.device)
         if use_compile(cfg.train, self.device):
             self.step_unet = compile_step_model(self.unet, self.cuda_graphs, scope=cfg.train.compile)
         else:
@@ -228,6 +244,15 @@ class Trainer:
         self.validator = recipe.make_validator(self.validation_set, cfg, self.encoder, c, self.device)
         recipe.add_logger(self.events, cfg, self.paths.root, self.is_main)
         self.trainable, _ = count_parameters(c.unet, *self.text_encoders.values())
+        self.inner_optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        # A fused AdamW skips its update when `found_inf` is set: a non-finite step is dropped on the device,
+        # with no host sync. (fp16's GradScaler does the same by itself; other optimizers need a host check.)
+        self.skip_on_device = self.accelerator.scaler is None and getattr(self.inner_optimizer,
+                                                                          "_step_supports_amp_scaling", False)
+
+    def graph_recorder(self, generator: torch.Generator) -> CudaGraphRecorder:
+        """What records and replays the whole step (train.cuda_graphs: step)."""
+        return CudaGraphRecorder(self.device, [generator])
 
     def metadata(self, steps_done: int) -> dict[str, str]:
         return adapter_metadata(self.config, family=self.components.family,
@@ -307,6 +332,8 @@ class Trainer:
         if memory_message:
             self.events.emit("warning", step=pending[-1][0], message=memory_message)
         lr = self.lr_scheduler.get_last_lr()[0]
+        if isinstance(lr, torch.Tensor):  # train.cuda_graphs: step keeps it on the device, in float32
+            lr = float(f"{lr.item():.7g}")
         for (step, _), value in zip(pending, values):
             if not math.isfinite(value):
                 state.bad_steps += 1
@@ -321,6 +348,69 @@ class Trainer:
                              samples_per_s=rate)
         return "ok"
 
+    # ------------------------------------------------------------------------------------------ one step
+    def micro_batch_loss(self, batch: dict, generator: torch.Generator, accum: int) -> torch.Tensor:
+        """Forward and backward of one micro-batch; its loss, detached, already divided by `accum`."""
+        mark_step_begin(self.cuda_graphs)
+        # A training text encoder runs under the same autocast as the UNet; a frozen one as before.
+        with self.accelerator.autocast() if self.text_encoders else contextlib.nullcontext():
+            latents, cond = self.encoder(batch, generator)
+        with self.accelerator.autocast():
+            per_sample = self.objective(self.step_unet, latents, cond, generator,
+                                        **({"mask": batch["mask"]} if "mask" in batch else {}))
+        loss = (per_sample * batch["loss_weight"].to(self.device, non_blocking=True)).mean() / accum
+        self.accelerator.backward(loss)
+        return loss.detach()
+
+    def apply_gradients(self, step_loss: torch.Tensor) -> None:
+        """Clip and update, unless the step's loss is not finite (then the step is skipped)."""
+        if self.skip_on_device:
+            self.inner_optimizer.found_inf = (~torch.isfinite(step_loss)).float()
+            finite = True
+        else:
+            finite = self.accelerator.scaler is not None or math.isfinite(step_loss.item())
+        if finite:
+            if self.train_cfg.max_grad_norm:
+                self.accelerator.clip_grad_norm_(self.params, self.train_cfg.max_grad_norm)
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update()
+
+    def optimizer_step(self, batches: Iterator[dict], generator: torch.Generator) -> torch.Tensor:
+        """One optimizer step over `gradient_accumulation` micro-batches; the step's mean loss."""
+        accum = self.train_cfg.gradient_accumulation
+        # With CUDA graphs the gradient buffers are the trainer's own and are zeroed in place (compiled.py).
+        self.optimizer.zero_grad(set_to_none=self.grad_sync is None)
+        step_loss = torch.zeros((), device=self.device)
+        for _ in range(accum):
+            step_loss += self.micro_batch_loss(next(batches), generator, accum)
+        if self.grad_sync is not None:
+            self.grad_sync.all_reduce()
+        # Every process must agree on skipping a non-finite step: the averaged gradients are shared.
+        step_loss = mean_across_processes(step_loss)
+        self.apply_gradients(step_loss)
+        return step_loss
+
+    def recorded_step(self, step_graphs: StepGraphs, batch: dict, generator: torch.Generator,
+                      step: int) -> torch.Tensor:
+        """One optimizer step (one micro-batch, one process) through the whole-step CUDA graph of its shape."""
+        def body(inputs: dict) -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            step_loss = self.micro_batch_loss(inputs, generator, 1)
+            self.apply_gradients(step_loss)
+            return step_loss
+
+        loss, how = step_graphs.run(with_time_ids(batch) if self.encoder.is_sdxl else batch, body)
+        if how == "failed":  # this step ran eagerly; the next ones go as `cuda_graphs: on` would have
+            self.events.emit("warning", step=step, message=f"train.cuda_graphs: the step could not be recorded as "
+                             f"one CUDA graph ({step_graphs.failed}); the run goes on with the UNet's own CUDA "
+                             f"graphs (set train.cuda_graphs on to skip the attempt)")
+            self.whole_step = False
+            if self.step_unet is not self.unet:  # compiled: again, with cudagraph trees
+                self.cuda_graphs = True
+                self.step_unet = compile_step_model(self.unet, True, scope=self.config.train.compile)
+        return loss
+
     # ------------------------------------------------------------------------------------------ the loop
     def run(self, resume: bool = False, changes: dict | None = None) -> TrainResult:
         """Train to train.steps; `resume` continues from the newest complete checkpoint (from step 0 when there
@@ -333,6 +423,8 @@ class Trainer:
             latest = checkpoints[-1]
             load_into(self.accelerator.unwrap_model(self.unet),
                       load_checkpoint(latest, self.optimizer, self.lr_scheduler), self.text_encoders)
+            if self.whole_step:
+                tensor_lr(self.optimizer, self.device)  # the loaded groups carry the lr of the run that saved
             start_step, bad_steps = latest.step, latest.bad_steps
             recipe.resume(latest.path, self.ema, self.validator, self.events)
             if start_step >= train.steps:
@@ -365,11 +457,8 @@ class Trainer:
         generator = torch.Generator(self.device)
         samples_per_step = train.batch_size * accum * self.accelerator.num_processes
         report_every = train.report_every or (1 if self.device.type == "cpu" else 10)
-        inner_optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
-        # A fused AdamW skips its update when `found_inf` is set: a non-finite step is dropped on the device,
-        # with no host sync. (fp16's GradScaler does the same by itself; other optimizers need a host check.)
-        skip_on_device = self.accelerator.scaler is None and getattr(inner_optimizer, "_step_supports_amp_scaling",
-                                                                      False)
+        step_graphs = (StepGraphs(self.device, self.params, self.graph_recorder(generator)) if self.whole_step
+                       else None)
         state.start_step, state.step, state.bad_steps = start_step, start_step, bad_steps
         pending: list[tuple[int, torch.Tensor]] = []
         state.window_start = time.perf_counter()
@@ -382,36 +471,10 @@ class Trainer:
             generator.manual_seed(step_seed(train.seed, step, salt=0 if self.rank == 0 else 1000 + self.rank))
             if self.dylora:
                 self.dylora.begin_step()  # this step trains the first b rows of every LoRA layer
-            # With CUDA graphs the gradient buffers are the trainer's own and are zeroed in place (compiled.py).
-            self.optimizer.zero_grad(set_to_none=self.grad_sync is None)
-            step_loss = torch.zeros((), device=self.device)
-            for _ in range(accum):
-                batch = next(batches)
-                mark_step_begin(self.cuda_graphs)
-                # A training text encoder runs under the same autocast as the UNet; a frozen one as before.
-                with self.accelerator.autocast() if self.text_encoders else contextlib.nullcontext():
-                    latents, cond = self.encoder(batch, generator)
-                with self.accelerator.autocast():
-                    per_sample = self.objective(self.step_unet, latents, cond, generator,
-                                                **({"mask": batch["mask"]} if "mask" in batch else {}))
-                loss = (per_sample * batch["loss_weight"].to(self.device, non_blocking=True)).mean() / accum
-                self.accelerator.backward(loss)
-                step_loss += loss.detach()
-            if self.grad_sync is not None:
-                self.grad_sync.all_reduce()
-            # Every process must agree on skipping a non-finite step: the averaged gradients are shared.
-            step_loss = mean_across_processes(step_loss)
-            if skip_on_device:
-                inner_optimizer.found_inf = (~torch.isfinite(step_loss)).float()
-                finite = True
+            if self.whole_step:
+                step_loss = self.recorded_step(step_graphs, next(batches), generator, step)
             else:
-                finite = self.accelerator.scaler is not None or math.isfinite(step_loss.item())
-            if finite:
-                if train.max_grad_norm:
-                    self.accelerator.clip_grad_norm_(self.params, train.max_grad_norm)
-                self.optimizer.step()
-                if self.ema is not None:
-                    self.ema.update()
+                step_loss = self.optimizer_step(batches, generator)
             self.lr_scheduler.step()
             if self.dylora:
                 self.dylora.end_step()
