@@ -56,6 +56,7 @@ FEATURES = ("train.ema=true", "data.validation_split=0.125", "train.validate_eve
 LOCON = ("network.targets=[to_q,to_k,to_v,to_out.0,proj_in,proj_out,conv1,conv2]", "network.conv_rank=8",
          "network.conv_alpha=4")
 DYLORA = ("network.type=dylora", "network.dylora_unit=4")
+STEP = ("train.cuda_graphs=step",)  # the whole step as one CUDA graph (round six; sdlora/train/step_graph.py)
 TIMED = [  # (name, batch, base_precision, seed, --set overrides, --val, profiled steps)
     ("timed-bf16-b8-s42", 8, "auto", 42, (), True, 0),
     ("timed-ema-val-b8", 8, "auto", 42, FEATURES, False, 0),
@@ -76,6 +77,12 @@ TIMED = [  # (name, batch, base_precision, seed, --set overrides, --val, profile
     # The flat gradient buffer the trainer kept before round five (compiled.needs_gradient_buffer): the A/B at b1.
     ("timed-cl-b1-buffer", 1, "auto", 42, ("train.channels_last=true",), False, 0),
     ("timed-blocks-b8", 8, "auto", 42, (), False, 0),  # compile: blocks (EXTRA_ARGS), after first-step-blocks
+    # Round six: the whole step recorded as one CUDA graph, against the UNet's own graphs (the bf16 rows) of the call.
+    ("timed-step-b1", 1, "auto", 42, STEP, False, 20),
+    ("timed-step-b8", 8, "auto", 42, STEP, True, 0),
+    ("timed-step-b32", 32, "auto", 42, STEP, True, 0),
+    ("timed-step-blocks-b8", 8, "auto", 42, STEP, False, 0),  # compile: blocks, after first-step-blocks-step
+    ("timed-step-dora-b8", 8, "auto", 42, STEP + ("network.type=dora",), False, 0),
     ("timed-bf16-b8-s7", 8, "auto", 7, (), True, 0),
     ("timed-bf16-b32-s42", 32, "auto", 42, (), True, 0),
     ("timed-fp8-b32-s42", 32, "fp8", 42, (), True, 0),
@@ -83,9 +90,10 @@ TIMED = [  # (name, batch, base_precision, seed, --set overrides, --val, profile
 SDXL_TFLOP_PER_SAMPLE = 14.58
 SD15_TFLOP_PER_SAMPLE = 1.7876  # FlopCounterMode, forward + backward, the `flops` stage of the last round
 # train_speed.py flags of a timed stage beyond TIMED's (a later --compile wins over stage_timed's own)
-EXTRA_ARGS = {"timed-cl-b1-buffer": ["--grad-buffer"], "timed-blocks-b8": ["--compile", "blocks"]}
-# Stages that run on the compile cache of first-step-blocks (a folder of its own, see there)
-OWN_CACHE = {"timed-blocks-b8": "cache-blocks"}
+EXTRA_ARGS = {"timed-cl-b1-buffer": ["--grad-buffer"], "timed-blocks-b8": ["--compile", "blocks"],
+              "timed-step-blocks-b8": ["--compile", "blocks"]}
+# Stages that run on the compile cache of a first-step-blocks stage (a folder of its own, see there)
+OWN_CACHE = {"timed-blocks-b8": "cache-blocks", "timed-step-blocks-b8": "cache-blocks-step"}
 CL = ("train.channels_last=true",)
 NCHW = ("train.channels_last=off",)
 # Compiled together by `precompile` (the compile is mostly one CPU thread per process, and 16 cores are there):
@@ -95,7 +103,9 @@ COMPILE_CONFIGS = {"b8-lora": (8, "auto", ()), "b1-lora": (1, "auto", ()), "b8-d
                    "b8-lokr": (8, "auto", ("network.type=lokr",)),
                    "b8-loha": (8, "auto", ("network.type=loha",)), "b8-locon": (8, "auto", LOCON),
                    "b8-dylora": (8, "auto", DYLORA), "b1-cl": (1, "auto", CL), "b8-cl": (8, "auto", CL),
-                   "b32-cl": (32, "auto", CL), "b1-nchw": (1, "auto", NCHW), "b8-nchw": (8, "auto", NCHW)}
+                   "b32-cl": (32, "auto", CL), "b1-nchw": (1, "auto", NCHW), "b8-nchw": (8, "auto", NCHW),
+                   "b1-step": (1, "auto", STEP), "b8-step": (8, "auto", STEP), "b32-step": (32, "auto", STEP),
+                   "b8-dora-step": (8, "auto", STEP + ("network.type=dora",))}
 PRECOMPILE = ["b8-lora", "b1-lora", "b8-dora"]  # --precompile picks others
 MEMORY_RUNS = [  # (label, gradient checkpointing, base_precision, --set overrides): batch 1, eager
     ("lora", False, "auto", ()), ("lora", True, "auto", ()), ("locon", True, "auto", LOCON),
@@ -316,7 +326,7 @@ def stage_precompile(args) -> dict:
     return result
 
 
-def stage_first_step_blocks(args) -> dict:
+def stage_first_step_blocks(args, cache: str = "cache-blocks", cuda_graphs: str = "auto") -> dict:
     """SD 1.5 at batch 8 with `compile: blocks` to its first step: cold (SDLORA_CACHE pointed at a new, empty
     folder, so inductor's cache and the latents' disk cache start empty as on a new machine), warm (50 steps, their
     speed from the step events), then warm again under cProfile: where a warm start's seconds go."""
@@ -326,14 +336,15 @@ def stage_first_step_blocks(args) -> dict:
     from train_speed import time_to_first_step
 
     work = work_dir()  # before SDLORA_CACHE moves: work_dir() follows it
-    fresh = work / "cache-blocks"
+    fresh = work / cache
     shutil.rmtree(fresh, ignore_errors=True)
     os.environ["SDLORA_CACHE"] = str(fresh)  # the `sdlora train` children inherit it
-    out = work / "first-blocks"
+    out = work / f"first-{cache}"
     shutil.rmtree(out, ignore_errors=True)
-    profile = work / "first-blocks.prof"
+    profile = work / f"first-{cache}.prof"
     result = time_to_first_step(Path(args.model_dir), Path(args.data_dir), out, 8,
-                                bench_args(compile="blocks", first_step_profile=profile), run2_steps=50)
+                                bench_args(compile="blocks", cuda_graphs=cuda_graphs, first_step_profile=profile),
+                                run2_steps=50)
     if profile.is_file():
         import io
 
@@ -341,6 +352,36 @@ def stage_first_step_blocks(args) -> dict:
         pstats.Stats(str(profile), stream=text).sort_stats("cumulative").print_stats(45)
         result["warm_profile_top"] = text.getvalue()[-9000:]
     return result
+
+
+def stage_step_smoke(_args) -> dict:
+    """The whole-step CUDA graph on small models first (seconds of compile, not minutes): the tiny SD 1.x model and
+    the tiny SDXL structure (its size/crop ids), compiled, 30 steps with cuda_graphs step and with on at the same
+    seed. Does the step record (no fallback warning), and do its losses follow the other run's?"""
+    from train_speed import build_model, make_images, run_one
+
+    work = work_dir()
+    data = work / "data64"
+    if not data.is_dir():
+        make_images(data, 16, 64)
+    if not (work / "sdxl-tiny" / "model_index.json").is_file():
+        build_model("sdxl-tiny", work / "sdxl-tiny")
+    out = {}
+    for model, label in ((Path("tiny"), "tiny"), (work / "sdxl-tiny", "sdxl-tiny")):
+        rows = {}
+        for mode in ("step", "on"):
+            run_args = bench_args(resolution=64, rank=8, compile="on", cuda_graphs=mode, warmup=10, steps=20,
+                                  cache="memory", lr=LR, seed=42, base_precision="auto",
+                                  gradient_checkpointing=False, channels_last="auto", optimizer="adamw", set=[],
+                                  profile_steps=0, val=False)
+            row = run_one(model, data, work / f"smoke-{label}-{mode}", 4, run_args)
+            rows[mode] = {k: row.get(k) for k in ("samples_per_s", "whole_step_graph", "warnings", "losses_head")}
+        a, b = rows["step"]["losses_head"], rows["on"]["losses_head"]
+        rows["max_loss_diff"] = round(max(abs(x - y) for x, y in zip(a, b)), 6)
+        out[label] = rows
+        print(json.dumps({label: {m: {k: v for k, v in r.items() if k != "losses_head"} if isinstance(r, dict) else r
+                                  for m, r in rows.items()}}), file=sys.stderr, flush=True)
+    return out
 
 
 def stage_memory(args) -> dict:
@@ -497,6 +538,8 @@ def stage_functions() -> dict:
               "precompile": (300, stage_precompile), "baseline": (90, stage_baseline)}
     stages["fp8-first-step"] = (60, stage_fp8_first_step)
     stages["first-step-blocks"] = (200, stage_first_step_blocks)
+    stages["first-step-blocks-step"] = (200, lambda a: stage_first_step_blocks(a, "cache-blocks-step", "step"))
+    stages["step-smoke"] = (90, stage_step_smoke)
     stages["memory"] = (150, stage_memory)
     for name, batch, precision, seed, sets, val, profile in TIMED:
         stages[name] = (60 if batch < 32 else 80,
@@ -539,7 +582,20 @@ def summary_table(state: dict) -> str:
     if first:
         lines.append(f"first step b8 on: run1 ({first.get('run1_cache')}) {first.get('run1_s')} s "
                      f"(setup {first.get('run1_setup_s')}), run2 {first.get('run2_s')} s (setup {first.get('run2_setup_s')})")
-    for name in ("fp8-first-step", "first-step-blocks", "sdxl-first-step", "sdxl-timed"):
+    # The whole-step graph rows against the UNet-graph rows of the same batch and seed: the first 40 losses.
+    for step_row, other in (("timed-step-b1", "timed-bf16-b1-s42"), ("timed-step-b8", "timed-bf16-b8-s42"),
+                            ("timed-step-b32", "timed-bf16-b32-s42")):
+        a, b = (state.get(n, {}).get("result", {}).get("losses_head") for n in (step_row, other))
+        if a and b:
+            lines.append(f"{step_row} vs {other}: first {min(len(a), len(b))} losses differ by at most "
+                         f"{max(abs(x - y) for x, y in zip(a, b)):.5f}; whole step "
+                         f"{state[step_row]['result'].get('whole_step_graph')}")
+    if state.get("step-smoke", {}).get("result"):
+        for label, rows in state["step-smoke"]["result"].items():
+            lines.append(f"step-smoke {label}: " + json.dumps(
+                {m: ({k: v for k, v in r.items() if k != "losses_head"} if isinstance(r, dict) else r)
+                 for m, r in rows.items()})[:600])
+    for name in ("fp8-first-step", "first-step-blocks", "first-step-blocks-step", "sdxl-first-step", "sdxl-timed"):
         if state.get(name, {}).get("result"):
             shown = {k: v for k, v in state[name]["result"].items() if k != "warm_profile_top"}
             lines.append(f"{name}: {json.dumps(shown)}")

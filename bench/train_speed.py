@@ -178,6 +178,7 @@ def run_one(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) ->
     step_times: dict[int, float] = {}
     losses: list[float] = []
     validations: list[int] = []
+    warnings: list[str] = []
     profiler = StepProfiler(args.warmup + args.steps, profile_steps)
 
     def listener(event):
@@ -189,6 +190,8 @@ def run_one(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) ->
             profiler.at(event["step"])
         elif event["event"] == "validation":
             validations.append(event["step"])
+        elif event["event"] == "warning":
+            warnings.append(event["message"])
 
     print(f"[{time.strftime('%X')}] batch {batch}: setting up", flush=True)
     trainer = Trainer(config, new_run(config), EventBus([listener]))
@@ -229,6 +232,12 @@ def run_one(model_dir: Path, data_dir: Path, out_dir: Path, batch: int, args) ->
     if getattr(args, "set", None):
         extra["set"] = list(args.set)
     extra["grad_buffer"] = trainer.grad_sync is not None
+    # How the step ran (train.cuda_graphs: step falls back with a warning), and the first losses: a row whose
+    # graphs replay the wrong inputs or noise shows it against a row of the other mode at the same seed.
+    extra["whole_step_graph"] = trainer.whole_step
+    extra["losses_head"] = losses[:40]
+    if warnings:
+        extra["warnings"] = warnings[:5]
     return {
         "mode": "sdlora",
         "batch": batch,
@@ -393,7 +402,7 @@ def main() -> None:
     parser.add_argument("--compile", default="off", choices=["auto", "on", "blocks", "off"])
     parser.add_argument("--channels-last", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
                         help="train.channels_last (a bare --channels-last: on)")
-    parser.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"])
+    parser.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "step", "off"])
     parser.add_argument("--first-step", type=int, nargs="*", default=[],
                         help="also time `sdlora train` from process start to its first step at these batch "
                              "sizes, twice each (after the timed runs, so a batch size timed there starts warm)")
