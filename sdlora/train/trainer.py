@@ -250,6 +250,14 @@ class Trainer:
         self.skip_on_device = self.accelerator.scaler is None and getattr(self.inner_optimizer,
                                                                           "_step_supports_amp_scaling", False)
 
+    def graphs_note(self) -> str:
+        """How the step will run, for the start message (what `cuda_graphs: auto` chose)."""
+        if self.whole_step:
+            return "; each step replayed as one CUDA graph (train.cuda_graphs: step)"
+        if self.cuda_graphs:
+            return "; the UNet replayed as CUDA graphs (train.cuda_graphs: on)"
+        return ""
+
     def graph_recorder(self, generator: torch.Generator) -> CudaGraphRecorder:
         """What records and replays the whole step (train.cuda_graphs: step)."""
         return CudaGraphRecorder(self.device, [generator])
@@ -448,7 +456,8 @@ class Trainer:
                                  f"in {len(self.target_modules)} modules, on {self.device.type}"
                                  + (f" x {self.accelerator.num_processes} processes"
                                     if self.accelerator.num_processes > 1 else "")
-                                 + (f"; {self.cache_stats.line()}" if self.cache_stats else ""),
+                                 + (f"; {self.cache_stats.line()}" if self.cache_stats else "")
+                                 + self.graphs_note(),
                          resumed=resume, changes=changes or None)
         if start_step == 0 and cfg.sample.every:
             self.sample(0)  # the "before" picture
