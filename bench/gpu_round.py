@@ -354,11 +354,16 @@ def stage_first_step_blocks(args, cache: str = "cache-blocks", cuda_graphs: str 
     return result
 
 
-def stage_step_smoke(_args) -> dict:
+SMOKE_RUN_S = 150  # one small compile and 30 steps take ~20-80 s; a hang past this leaves its tracebacks
+
+
+def stage_step_smoke(args) -> dict:
     """The whole-step CUDA graph on small models first (seconds of compile, not minutes): the tiny SD 1.x model and
     the tiny SDXL structure (its size/crop ids), compiled, 30 steps with cuda_graphs step and with on at the same
-    seed. Does the step record (no fallback warning), and do its losses follow the other run's?"""
-    from train_speed import build_model, make_images, run_one
+    seed. Does the step record (no fallback warning), and do its losses follow the other run's? Each run in its
+    own process (as `sdlora train` runs), with a time limit: round six's first try ran the four in one process
+    and hung with nothing kept; a run that hangs now leaves every thread's traceback (faulthandler)."""
+    from train_speed import build_model, make_images
 
     work = work_dir()
     data = work / "data64"
@@ -367,21 +372,45 @@ def stage_step_smoke(_args) -> dict:
     if not (work / "sdxl-tiny" / "model_index.json").is_file():
         build_model("sdxl-tiny", work / "sdxl-tiny")
     out = {}
-    for model, label in ((Path("tiny"), "tiny"), (work / "sdxl-tiny", "sdxl-tiny")):
+    for model, label in (("tiny", "tiny"), (str(work / "sdxl-tiny"), "sdxl-tiny")):
         rows = {}
         for mode in ("step", "on"):
-            run_args = bench_args(resolution=64, rank=8, compile="on", cuda_graphs=mode, warmup=10, steps=20,
-                                  cache="memory", lr=LR, seed=42, base_precision="auto",
-                                  gradient_checkpointing=False, channels_last="auto", optimizer="adamw", set=[],
-                                  profile_steps=0, val=False)
-            row = run_one(model, data, work / f"smoke-{label}-{mode}", 4, run_args)
-            rows[mode] = {k: row.get(k) for k in ("samples_per_s", "whole_step_graph", "warnings", "losses_head")}
-        a, b = rows["step"]["losses_head"], rows["on"]["losses_head"]
-        rows["max_loss_diff"] = round(max(abs(x - y) for x, y in zip(a, b)), 6)
+            cmd = [sys.executable, __file__, "--state", str(args.state), "--stage", "step-smoke-run",
+                   "--model-dir", model, "--data-dir", str(data)]
+            env = {**os.environ, "SDLORA_SMOKE_RUN": json.dumps({"label": label, "mode": mode})}
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=SMOKE_RUN_S)
+                line = next((o for o in proc.stdout.splitlines() if o.startswith("RESULT ")), None)
+                rows[mode] = (json.loads(line[7:]) if proc.returncode == 0 and line
+                              else {"error": f"rc={proc.returncode}: {proc.stderr[-2500:]}"})
+            except subprocess.TimeoutExpired as error:
+                err = error.stderr.decode(errors="replace") if isinstance(error.stderr, bytes) else error.stderr
+                rows[mode] = {"error": f"timed out after {SMOKE_RUN_S} s: {(err or '')[-2500:]}"}
+        a, b = rows["step"].get("losses_head"), rows["on"].get("losses_head")
+        if a and b:
+            rows["max_loss_diff"] = round(max(abs(x - y) for x, y in zip(a, b)), 6)
         out[label] = rows
         print(json.dumps({label: {m: {k: v for k, v in r.items() if k != "losses_head"} if isinstance(r, dict) else r
-                                  for m, r in rows.items()}}), file=sys.stderr, flush=True)
+                                  for m, r in rows.items()}})[:3000], file=sys.stderr, flush=True)
     return out
+
+
+def stage_step_smoke_run(args) -> dict:
+    """One run of step-smoke (a child process): SDLORA_SMOKE_RUN names the label and the cuda_graphs mode."""
+    import faulthandler
+    import shutil
+
+    from train_speed import run_one
+
+    faulthandler.dump_traceback_later(SMOKE_RUN_S - 15, exit=True)  # before the parent's limit kills it
+    spec = json.loads(os.environ["SDLORA_SMOKE_RUN"])
+    out = work_dir() / f"smoke-{spec['label']}-{spec['mode']}"
+    shutil.rmtree(out, ignore_errors=True)
+    run_args = bench_args(resolution=64, rank=8, compile="on", cuda_graphs=spec["mode"], warmup=10, steps=20,
+                          cache="memory", lr=LR, seed=42, base_precision="auto", gradient_checkpointing=False,
+                          channels_last="auto", optimizer="adamw", set=[], profile_steps=0, val=False)
+    row = run_one(Path(args.model_dir), Path(args.data_dir), out, 4, run_args)
+    return {k: row.get(k) for k in ("samples_per_s", "whole_step_graph", "warnings", "losses_head")}
 
 
 def stage_memory(args) -> dict:
@@ -539,7 +568,8 @@ def stage_functions() -> dict:
     stages["fp8-first-step"] = (60, stage_fp8_first_step)
     stages["first-step-blocks"] = (200, stage_first_step_blocks)
     stages["first-step-blocks-step"] = (200, lambda a: stage_first_step_blocks(a, "cache-blocks-step", "step"))
-    stages["step-smoke"] = (90, stage_step_smoke)
+    stages["step-smoke"] = (120, stage_step_smoke)
+    stages["step-smoke-run"] = (SMOKE_RUN_S, stage_step_smoke_run)  # a child of step-smoke
     stages["memory"] = (150, stage_memory)
     for name, batch, precision, seed, sets, val, profile in TIMED:
         stages[name] = (60 if batch < 32 else 80,
