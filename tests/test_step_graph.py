@@ -8,17 +8,19 @@ real graph adds (the addresses themselves) is checked on the GPU by bench/gpu_ro
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_recipe import resume_cut_off_copy, train_run
+from test_recipe import train_run
 from test_trainer import make_config
 
 from sdlora.config import replace_keys
 from sdlora.events import EventBus
 from sdlora.train import trainer as trainer_module
-from sdlora.train.rundir import new_run
+from sdlora.train.rundir import RunPaths, new_run
 from sdlora.train.step_graph import StepGraphs, shape_key, step_graph_blocker, tensor_lr
 from sdlora.train.trainer import Trainer
 
@@ -157,7 +159,8 @@ def test_blockers_name_the_key_that_keeps_a_run_from_one_graph(shapes_dir, tmp_p
 
 class StandInGraphTrainer(Trainer):
     def graph_recorder(self, generator):
-        return StandInRecorder()
+        self.recorder = StandInRecorder()  # kept: the tests check that the run did record
+        return self.recorder
 
 
 @pytest.fixture
@@ -187,6 +190,7 @@ def graph_config(shapes_dir, out, **train):
 def test_a_run_through_recorded_steps_ends_with_the_adapter_of_an_ordinary_run(shapes_dir, tmp_path, monkeypatch):
     trainer, result, events = train_run(graph_config(shapes_dir, tmp_path / "graph"))
     assert trainer.whole_step and result.status == "done"
+    assert trainer.recorder.recorded == 1  # one shape: steps 1-2 eager, 3 recorded, 3-6 replayed
     start = next(e for e in events if e["event"] == "start")
     assert start["message"].endswith("; each step replayed as one CUDA graph (train.cuda_graphs: step)")
     assert not graph_warnings(events)
@@ -208,12 +212,16 @@ def test_a_run_through_recorded_steps_ends_with_the_adapter_of_an_ordinary_run(s
 
 @pytest.mark.usefixtures("graphs_on_the_cpu")
 def test_a_recorded_run_resumes_to_a_bitwise_identical_adapter(shapes_dir, tmp_path):
-    config = replace_keys(graph_config(shapes_dir, tmp_path / "out"), {"train.steps": 4, "save.every": 2,
-                                                                        "name": "r"})
+    config = replace_keys(graph_config(shapes_dir, tmp_path / "out"), {"save.every": 2, "name": "r"})
     _, result, _ = train_run(config)
     full, part = tmp_path / "out" / "r", tmp_path / "part"
-    resumed, events = resume_cut_off_copy(config, full, part, ("r.safetensors",))
-    assert resumed.status == "done" and [e["step"] for e in events if e["event"] == "step"] == [3, 4]
+    shutil.copytree(full, part)  # as if cut off after its step-2 checkpoint
+    for later in ("step-000004", "step-000006"):
+        shutil.rmtree(part / "checkpoints" / later)
+    (part / "r.safetensors").unlink()
+    resumed_trainer, resumed, events = train_run(config, RunPaths(part, full.name), resume=True)
+    assert resumed.status == "done" and [e["step"] for e in events if e["event"] == "step"] == [3, 4, 5, 6]
+    assert resumed_trainer.recorder.recorded == 1  # the resumed session warmed up again, recorded, replayed
     a, b = load_file(full / "r.safetensors"), load_file(part / "r.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

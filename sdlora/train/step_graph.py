@@ -14,8 +14,9 @@ only, so:
 - inputs: device tensors per shape, filled by `copy_` before each replay;
 - the learning rate: one device tensor per param group (torch's capturable AdamW takes a tensor lr); the
   schedule fills it in place (torch's LRScheduler does, for a tensor lr) and the next replay reads it;
-- randomness: the noise generator and torch's default CUDA generator are registered with the graph, which
-  reads their seed and offset at each replay, so the per-step reseeding gives each step its own draws;
+- randomness: the noise generator is registered with the graph (torch registers its default CUDA generator,
+  LoRA dropout's, itself), which reads their seed and offset at each replay, so the per-step reseeding gives
+  each step its own draws;
 - gradients: None before recording, so the recorded backward writes them (no accumulation), the recorded clip
   and update read them, and they are let go after it: outside a replay no gradient is alive, so the graphs of
   all shapes share one memory pool (each replay is self-contained);

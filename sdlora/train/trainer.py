@@ -203,18 +203,17 @@ class Trainer:
         # the trainer (`whole_step`, step_graph.py), which takes over when the run allows it.
         self.cuda_graphs = use_cuda_graphs(cfg.train, self.device)
         self.whole_step = self.cuda_graphs and use_whole_step_graph(cfg)
-        if self.whole_step:
-            blocker = step_graph_blocker(cfg, is_distributed())
-            if blocker and cfg.train.cuda_graphs == "step":  # asked for: say why not (auto falls back quietly)
+        blocker = step_graph_blocker(cfg, is_distributed()) if self.whole_step else None
+        if blocker:
+            self.whole_step = False
+            if cfg.train.cuda_graphs == "step":  # asked for: say why not (auto falls back quietly)
                 self.events.emit("warning", message=f"train.cuda_graphs: step is not possible for this run "
                                                     f"({blocker}); the UNet's own CUDA graphs are used (on)")
-            if blocker:
-                self.whole_step = False
-            else:
-                self.cuda_graphs = False  # the UNet compiles without graphs of its own: the step's graph holds it
-                tensor_lr(self.optimizer, self.device)  # after the schedule is made: its base lrs stay numbers
-                for group in self.optimizer.param_groups:
-                    group["capturable"] = self.device.type == "cuda"  # the recorded update keeps its step count
+        if self.whole_step:
+            self.cuda_graphs = False  # the UNet compiles without graphs of its own: the step's graph holds it
+            tensor_lr(self.optimizer, self.device)  # after the schedule is made: its base lrs stay numbers
+            for group in self.optimizer.param_groups:
+                group["capturable"] = self.device.type == "cuda"  # the recorded update keeps its step count
         self.ema = recipe.make_ema(self.params, cfg.train)
         if use_channels_last(cfg.train, self.device):
             c.unet.to(memory_format=torch.channels_last)
