@@ -207,8 +207,13 @@ class TrainConfig:
     compile: Literal["auto", "on", "blocks", "off"] = opt(
         "off", help="torch.compile the UNet step: on = the whole UNet as one graph (fastest steps), blocks = each "
                     "attention/ResNet block on its own (repeated blocks traced once: a warm start ~9 s shorter, steps "
-                    "~6% slower at batch 8), auto = on with CUDA; minutes of compile time on first use, seconds "
-                    "once cached", group="Precision and speed")
+                    "~8% slower at batch 8; its first compile runs in train.compile_workers processes), auto = on "
+                    "with CUDA; minutes of compile time on first use, seconds once cached", group="Precision and speed")
+    compile_workers: int = opt(
+        8, min=0, max=64, help="with compile: blocks, the first compile on a new machine (or after an upgrade) is "
+                               "split over up to this many processes, half the CPU cores at most, which compile "
+                               "the blocks side by side into the compile cache; 0 compiles them in the trainer's "
+                               "process, one after another", group="Precision and speed")
     cuda_graphs: Literal["auto", "on", "step", "off"] = opt(
         "auto", help="with compile on a GPU, replay the step as CUDA graphs, which removes the per-step host "
                      "overhead that bounds small batches: on = the compiled UNet's forward and backward; step = the "

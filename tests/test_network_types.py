@@ -271,6 +271,34 @@ def test_each_type_traces_to_one_graph_of_the_whole_unet(pipe, network_type):
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons[:1]
 
 
+def test_loha_graphs_can_be_kept_in_the_compile_cache(pipe, monkeypatch):
+    """peft's LoHa computes its weight through a custom autograd.Function (HadaWeight), and AOTAutograd bypasses
+    its compile cache for such graphs unless told otherwise: each LoHa start on an H200 then redid the whole UNet's
+    joint trace (84.5 s to the first step against 17-21 s for LoRA, LoKr, DyLoRA with the cache filled; round
+    seven). compile_step_model tells it (compiled.cache_custom_autograd_functions)."""
+    import torch._functorch.config as functorch_config
+    from torch._functorch._aot_autograd.autograd_cache import BypassAOTAutogradCache, check_cacheable
+
+    from sdlora.train.compiled import cache_custom_autograd_functions
+
+    live = trained_pipe(pipe, "loha")
+    live.unet.train()
+    graphs = []
+
+    def keep(gm, _inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(unet_call(live.unet), backend=keep)()
+    (graph,) = graphs
+    monkeypatch.setattr(functorch_config, "autograd_cache_allow_custom_autograd_functions", False)  # torch's default
+    with pytest.raises(BypassAOTAutogradCache, match="autograd_function_apply"):
+        check_cacheable(graph)
+    cache_custom_autograd_functions()
+    check_cacheable(graph)  # raises where the graph would not be kept
+
+
 def test_dylora_compiles_once_for_every_drawn_rank(pipe):
     """The drawn rank is a mask the step reads in place, on the LoRA's device: one traced graph serves every b
     (dynamo guards on what the hook branches on; a branch on b compiled a variant per rank), and the mask is the

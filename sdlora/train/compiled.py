@@ -24,7 +24,8 @@ diffusers' and peft's Python for every block again at each start (~12 s of an SD
 host, docs/PERFORMANCE.md). `blocks` compiles each attention and ResNet block on its own: dynamo traces one block
 of each shape and reuses it for the others with a guard check, so a warm start is ~9 s shorter (27.7 s against
 36.3 s on an H100), and the eager glue between blocks (up/down-sampling, skip connections) costs 6% of the step
-at batch 8, ~40% at batch 1 where launches dominate.
+at batch 8, ~40% at batch 1 where launches dominate. Its first compile on a new machine runs in worker processes
+(compile_workers.py: SD 1.5 on an H200 78-93 s to the first step instead of 150 s).
 """
 
 from __future__ import annotations
@@ -97,6 +98,18 @@ def persist_compile_cache() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = ours
 
 
+def cache_custom_autograd_functions() -> None:
+    """Let AOTAutograd's compile cache keep graphs that hold a custom autograd.Function. peft's LoHa computes its
+    weight through one (HadaWeight), and torch bypasses the cache for such graphs by default, so every LoHa start
+    redid the joint forward/backward trace of the whole UNet: 84.5 s to the first step on an H200 after a filled
+    cache, against 17-21 s for LoRA, LoKr and DyLoRA (round seven, docs/PERFORMANCE.md). The Function's forward and
+    backward are traced into the graph and so into its cache key: a changed Function misses, as it should."""
+    import torch._functorch.config as functorch_config
+
+    if hasattr(functorch_config, "autograd_cache_allow_custom_autograd_functions"):
+        functorch_config.autograd_cache_allow_custom_autograd_functions = True
+
+
 def _inductor_default_dir() -> str | None:
     try:
         from torch._inductor.runtime.cache_dir_utils import default_cache_dir
@@ -106,14 +119,16 @@ def _inductor_default_dir() -> str | None:
 
 
 def compile_step_model(model: torch.nn.Module, cuda_graphs: bool, backend: str = "inductor",
-                       scope: str = "on"):
+                       scope: str = "on", compile_workers: int = 0):
     """A compiled view of `model` for the training step (same parameters); scope "on" (one graph) or "blocks".
     `backend` is for tests: aot_eager traces the same forward and backward graphs as inductor without generating
-    kernels."""
+    kernels. `compile_workers` (blocks only): at most that many processes compile the blocks' first compile
+    (compile_workers.py)."""
     persist_compile_cache()
+    cache_custom_autograd_functions()
     mode = "reduce-overhead" if cuda_graphs else None
     if scope == "blocks":
-        return CompiledBlocks(model, mode, backend)
+        return CompiledBlocks(model, mode, backend, compile_workers)
     return torch.compile(model, mode=mode, backend=backend)
 
 
@@ -137,24 +152,36 @@ class CompiledBlocks:
 
     RECOMPILE_LIMIT = 64
 
-    def __init__(self, model: torch.nn.Module, mode: str | None, backend: str):
+    def __init__(self, model: torch.nn.Module, mode: str | None, backend: str, compile_workers: int = 0):
         import torch._dynamo.config as dynamo_config
 
         name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
         setattr(dynamo_config, name, max(getattr(dynamo_config, name), self.RECOMPILE_LIMIT))
         self.plain_module = model
+        self.settings = {"mode": mode, "backend": backend}
         self.blocks = [(block, torch.compile(block.forward, mode=mode, backend=backend, dynamic=False))
                        for block in model.modules() if is_repeated_block(block)]
+        self.compile_workers = compile_workers
+        self.precompiled = None  # compile_workers.Report of the first call, when workers were allowed
 
     def __call__(self, *args, **kwargs):
+        if self.compile_workers and self.precompiled is None:
+            from sdlora.train.compile_workers import precompile
+
+            device = next(self.plain_module.parameters()).device
+            self.precompiled = precompile(self.plain_module, [b for b, _ in self.blocks], args, kwargs,
+                                          settings=self.settings, wanted=self.compile_workers, device=device)
         # An instance attribute `forward` shadows the class's for this call only.
         for block, compiled in self.blocks:
             block.forward = compiled
         try:
-            return self.plain_module(*args, **kwargs)
+            result = self.plain_module(*args, **kwargs)
         finally:
             for block, _ in self.blocks:
                 del block.forward
+        if self.precompiled is not None and self.precompiled.marker is not None:
+            self.precompiled.mark_warm()  # compiled, here or by the workers: the next start spawns none
+        return result
 
 
 def mark_step_begin(cuda_graphs: bool) -> None:

@@ -224,7 +224,8 @@ class Trainer:
         # The training step runs a compiled view of the UNet (same parameters); sampling and saving use the
         # plain module, so other shapes (CFG batches at sampling) never trigger recompilation of the step.
         if use_compile(cfg.train, self.device):
-            self.step_unet = compile_step_model(self.unet, self.cuda_graphs, scope=cfg.train.compile)
+            self.step_unet = compile_step_model(self.unet, self.cuda_graphs, scope=cfg.train.compile,
+                                                compile_workers=cfg.train.compile_workers)
         else:
             self.step_unet = self.unet
         self.grad_sync = (GradientSync(self.params) if needs_gradient_buffer(self.cuda_graphs, cfg.train)

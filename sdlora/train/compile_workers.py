@@ -1,0 +1,354 @@
+"""The first compile of `train.compile: blocks`, spread over worker processes.
+
+Why: a cold `blocks` compile is dozens of separate graphs (SD 1.5: 4 attention variants, ~10 ResNet variants, each
+forward and backward), compiled one after another as the first step reaches them, and each is single-threaded
+Python in dynamo, AOTAutograd and inductor (bench/compile_times.py: lowering, scheduling and code generation take
+most of it; the Triton kernels' own compile runs in a pool already). On a 16-core machine 15 of the cores wait.
+Each variant's compile depends only on the block's structure and on its inputs' shapes, dtypes, strides and
+requires_grad, not on weight values, so other processes can compile the variants side by side into the shared
+compile cache (AOTAutograd's and inductor's caches under TORCHINDUCTOR_CACHE_DIR) while the trainer waits; the
+trainer's own compile then loads each one as a warm start does.
+
+How: on the compiled view's first call, the UNet runs once on fake tensors (FakeTensorMode: shapes and autograd
+metadata, no memory, no kernels) with a pre-hook on each repeated block that records its inputs. One block of
+each distinct (structure, inputs) pair is saved with torch.save; each worker loads its share, sets the same global
+state (autocast, grad mode, matmul precision), compiles each block's forward with the trainer's own torch.compile
+settings and runs forward and backward on random inputs of the recorded layout. A marker file keyed on all of
+that (with the torch version and the device) says the cache holds them, so a warm start spawns nothing.
+
+Anything unexpected (a block that cannot be pickled, a fake run that fails, a worker that fails or runs past its
+limit) leaves the compile to the trainer's process, as before: this only ever moves work, it changes no result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdlora.atomic import write_text
+
+WORKER_TIMEOUT_S = 900  # a cold SDXL block variant compiles in well under this on one core
+PER_WORKER_GIB = 2.0  # a worker's CUDA context, one block's weights and activations, with room to spare
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """What a compiled graph is specialised on for one tensor input (its values are not)."""
+
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: str
+    requires_grad: bool
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> TensorSpec:
+        return cls(tuple(tensor.shape), tuple(tensor.stride()), str(tensor.dtype).removeprefix("torch."),
+                   tensor.requires_grad)
+
+    def make(self, device: torch.device) -> torch.Tensor:
+        dtype = getattr(torch, self.dtype)
+        tensor = torch.empty_strided(self.shape, self.stride, dtype=dtype, device=device)
+        if dtype.is_floating_point:
+            tensor.normal_()
+        else:
+            tensor.zero_()
+        return tensor.requires_grad_(self.requires_grad)
+
+
+class Unsupported(Exception):
+    """This run's blocks cannot be compiled elsewhere; the trainer compiles them itself."""
+
+
+def describe(value: Any) -> Any:
+    """A picklable description of one argument: tensors become TensorSpec, containers are walked."""
+    if isinstance(value, torch.Tensor):
+        return TensorSpec.of(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(describe(v) for v in value)
+    if isinstance(value, dict):
+        return {k: describe(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise Unsupported(f"a block input of type {type(value).__name__}")
+
+
+def materialize(spec: Any, device: torch.device) -> Any:
+    if isinstance(spec, TensorSpec):
+        return spec.make(device)
+    if isinstance(spec, (list, tuple)):
+        return type(spec)(materialize(v, device) for v in spec)
+    if isinstance(spec, dict):
+        return {k: materialize(v, device) for k, v in spec.items()}
+    return spec
+
+
+# Process-wide numerics settings a compiled graph depends on (the compile caches key on them), by torch.backends part.
+# Each is copied to a worker only where it differs there: assigning even the default value changes what torch
+# records (fp32_precision "none" becomes "ieee"), and with it the cache key.
+_NUMERICS = {"cuda.matmul": ("fp32_precision", "allow_tf32", "allow_bf16_reduced_precision_reduction",
+                             "allow_fp16_reduced_precision_reduction"),
+             "cudnn": ("fp32_precision", "allow_tf32")}
+
+
+def _backend(label: str):
+    return torch.backends.cuda.matmul if label == "cuda.matmul" else torch.backends.cudnn
+
+
+def _compiler_configs() -> dict:
+    import torch._dynamo.config
+    import torch._functorch.config
+    import torch._inductor.config
+
+    return {"dynamo": torch._dynamo.config, "functorch": torch._functorch.config, "inductor": torch._inductor.config}
+
+
+def global_state(device: torch.device) -> dict:
+    """The process state a compiled graph depends on beyond its inputs (the compile caches key on it too): grad
+    mode, autocast, numerics, and the compilers' own settings as this process has them (sdlora's and any
+    library's changes included: cache_custom_autograd_functions, say)."""
+    kind = device.type
+    numerics = {f"{label}:{name}": getattr(_backend(label), name) for label, names in _NUMERICS.items()
+                for name in names if hasattr(_backend(label), name)}
+    return {"grad": torch.is_grad_enabled(), "autocast": torch.is_autocast_enabled(kind),
+            "autocast_dtype": str(torch.get_autocast_dtype(kind)).removeprefix("torch."),
+            "autocast_cache": torch.is_autocast_cache_enabled(),
+            "matmul_precision": torch.get_float32_matmul_precision(),
+            "deterministic": torch.are_deterministic_algorithms_enabled(), "numerics": numerics,
+            "configs": {name: module.save_config_portable() for name, module in _compiler_configs().items()}}
+
+
+def apply_global_state(state: dict, device: torch.device):
+    """Set what global_state read, where it differs here; the autocast context to run the blocks under."""
+    for name, module in _compiler_configs().items():
+        module.load_config(state["configs"][name])
+    if torch.get_float32_matmul_precision() != state["matmul_precision"]:
+        torch.set_float32_matmul_precision(state["matmul_precision"])
+    for key, value in state["numerics"].items():
+        label, _, name = key.partition(":")
+        if getattr(_backend(label), name, value) != value:
+            setattr(_backend(label), name, value)
+    if torch.are_deterministic_algorithms_enabled() != state["deterministic"]:
+        torch.use_deterministic_algorithms(state["deterministic"])
+    torch.set_grad_enabled(state["grad"])
+    return torch.autocast(device.type, dtype=getattr(torch, state["autocast_dtype"]), enabled=state["autocast"],
+                          cache_enabled=state["autocast_cache"])
+
+
+@dataclasses.dataclass
+class Variant:
+    """One distinct compiled graph of the blocks: a block of that structure and the inputs it was called with."""
+
+    block: torch.nn.Module
+    args: tuple
+    kwargs: dict
+    key: str
+    cost: float  # for sharing the work out: parameters times input elements, a rough compile-size proxy
+
+
+def _structure(block: torch.nn.Module) -> list:
+    """What dynamo specialises a block's graph on besides its inputs: each parameter's layout and each submodule's
+    plain attributes (dynamo guards on them: two SD ResNet blocks differ only in output_scale_factor, say)."""
+    plain = (bool, int, float, str, type(None))
+    return ([(name, type(m).__qualname__, sorted((k, v) for k, v in vars(m).items() if isinstance(v, plain)))
+             for name, m in block.named_modules()]
+            + [(name, tuple(p.shape), tuple(p.stride()), str(p.dtype), p.requires_grad)
+               for name, p in block.named_parameters()])
+
+
+def find_variants(model: torch.nn.Module, blocks: list[torch.nn.Module], args: tuple, kwargs: dict) -> list[Variant]:
+    """Run `model(*args, **kwargs)` on fake tensors and record each block's inputs; one Variant per distinct
+    (structure, inputs). Raises Unsupported where that is not possible."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    seen: dict[str, Variant] = {}
+
+    def record(block, block_args, block_kwargs):
+        spec_args, spec_kwargs = describe(block_args), describe(block_kwargs)
+        key = hashlib.sha256(repr((_structure(block), spec_args, spec_kwargs)).encode()).hexdigest()[:20]
+        if key not in seen:
+            elements = sum(t.numel() for t in [*block_args, *block_kwargs.values()] if isinstance(t, torch.Tensor))
+            params = sum(p.numel() for p in block.parameters())
+            seen[key] = Variant(block, spec_args, spec_kwargs, key, float(elements) * (1 + params / 1e6))
+
+    handles = [block.register_forward_pre_hook(record, with_kwargs=True) for block in blocks]
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            model(*args, **kwargs)
+    except Unsupported:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the fake run meets, the trainer compiles in-process
+        raise Unsupported(f"the fake run of the UNet failed ({type(exc).__name__}: {exc})") from exc
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(seen.values())
+
+
+def share_out(variants: list[Variant], workers: int) -> list[list[Variant]]:
+    """Largest first, each to the least loaded worker."""
+    shares: list[list[Variant]] = [[] for _ in range(workers)]
+    loads = [0.0] * workers
+    for variant in sorted(variants, key=lambda v: -v.cost):
+        i = loads.index(min(loads))
+        shares[i].append(variant)
+        loads[i] += variant.cost
+    return [share for share in shares if share]
+
+
+def worker_count(wanted: int, variants: int, device: torch.device) -> int:
+    """At most `wanted`, one per variant, half the CPU cores (each worker also starts kernel-compile threads), and
+    what the GPU's free memory holds beside the training."""
+    count = min(wanted, variants, max(2, (os.cpu_count() or 2) // 2))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        count = min(count, int(free / 2**30 / PER_WORKER_GIB))
+    return count
+
+
+def marker_path(key: str) -> Path | None:
+    root = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    return Path(root) / "sdlora-blocks" / key if root else None
+
+
+def run_key(variants: list[Variant], settings: dict, state: dict, device: torch.device) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    parts = [torch.__version__, name, settings, state, sorted(v.key for v in variants)]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=_stable).encode()).hexdigest()[:24]
+
+
+def _stable(value: Any) -> Any:
+    """JSON for what json cannot write, the same in every process: a set's order follows the process's string hash
+    seed (dynamo's config holds sets), so sets are sorted; round seven's warm starts missed their marker so."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(map(str, value))
+    return str(value)
+
+
+@dataclasses.dataclass
+class Report:
+    """What the precompile did, for the bench and the tests."""
+
+    variants: int
+    workers: int = 0
+    seconds: float = 0.0
+    skipped: str = ""  # why nothing was spawned ("warm", "one variant", ...)
+    failed: list[str] = dataclasses.field(default_factory=list)
+    compiled: int = 0  # graphs the workers compiled (dynamo's count in each)
+    marker: Path | None = None  # written once the trainer's first compiled call has run
+
+    def mark_warm(self) -> None:
+        """The compile cache now holds these variants (compiled by the workers or by the trainer itself)."""
+        if self.marker is not None and not self.marker.is_file():
+            self.marker.parent.mkdir(parents=True, exist_ok=True)
+            write_text(self.marker, json.dumps({"variants": self.variants, "workers": self.workers,
+                                                "seconds": self.seconds}))
+        self.marker = None
+
+
+def precompile(model, blocks, args, kwargs, *, settings: dict, wanted: int, device: torch.device) -> Report:
+    """Compile the blocks' variants in worker processes into the shared cache, before the trainer's own compile.
+    `settings`: torch.compile's mode and backend as the trainer uses them."""
+    start = time.perf_counter()
+    try:
+        variants = find_variants(model, blocks, args, kwargs)
+    except Unsupported as exc:
+        return Report(0, skipped=str(exc))
+    state = global_state(device)
+    marker = marker_path(run_key(variants, settings, state, device))
+    if marker is not None and marker.is_file():
+        return Report(len(variants), skipped="warm: this cache holds them")
+    count = worker_count(wanted, len(variants), device)
+    if count < 2:
+        return Report(len(variants), skipped=f"{count} worker(s) possible for {len(variants)} variant(s)",
+                      marker=marker)
+    report = Report(len(variants), workers=count, marker=marker)
+    with tempfile.TemporaryDirectory(prefix="sdlora-compile-") as tmp:
+        procs = []
+        try:
+            for i, share in enumerate(share_out(variants, count)):
+                job = Path(tmp) / f"share-{i}.pt"
+                torch.save({"settings": settings, "state": state, "device": str(device),
+                            "variants": [(v.block, v.args, v.kwargs) for v in share]}, job)
+                procs.append((job, _spawn(job, count)))
+        except Exception as exc:  # noqa: BLE001 - a block that does not pickle, say: compiled in-process
+            for _, proc in procs:
+                proc.kill()
+                proc.wait()
+            return Report(len(variants), skipped=f"the blocks could not be handed to workers ({exc})",
+                          marker=marker)
+        deadline = time.monotonic() + WORKER_TIMEOUT_S
+        for job, proc in procs:
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                report.failed.append(f"past {WORKER_TIMEOUT_S} s")
+                continue
+            out, err = (job.with_suffix(s).read_text(errors="replace").strip() for s in (".out", ".err"))
+            if proc.returncode or not out:
+                report.failed.append(_reason(err) or f"exit {proc.returncode}")
+            else:
+                report.compiled += json.loads(out.splitlines()[-1])["graphs"]
+    report.seconds = round(time.perf_counter() - start, 1)
+    if report.failed:
+        warnings.warn(f"train.compile_workers: {len(report.failed)} of {count} compile workers failed "
+                      f"({report.failed[0]}); their blocks compile in the trainer's process", stacklevel=2)
+    return report
+
+
+def _reason(stderr: str) -> str:
+    """The exception line of a worker's traceback (dynamo ends its own with hints)."""
+    lines = [line for line in stderr.splitlines() if "Error" in line or "Exception" in line]
+    return (lines or stderr.splitlines() or [""])[-1][:300]
+
+
+def _spawn(job: Path, workers: int) -> subprocess.Popen:
+    # Each worker's inductor starts a pool of kernel-compile processes, one per core by default: share the cores.
+    threads = max(1, (os.cpu_count() or 2) // workers)
+    env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": str(threads)}
+    # Output to files, not pipes: a pipe nobody reads yet would stall a worker that warns a lot.
+    with open(job.with_suffix(".out"), "w") as out, open(job.with_suffix(".err"), "w") as err:
+        return subprocess.Popen([sys.executable, "-m", "sdlora.train.compile_workers", str(job)], env=env,
+                                stdout=out, stderr=err)
+
+
+def compile_share(job: Path) -> None:
+    """A worker: compile and run (forward and backward) each variant of its share; prints how many graphs dynamo
+    compiled."""
+    from torch._dynamo.utils import counters
+
+    import sdlora.train.trainer  # noqa: F401 - the import-time settings the trainer's process has
+
+    share = torch.load(job, weights_only=False)
+    device = torch.device(share["device"])
+    settings = share["settings"]
+    autocast = apply_global_state(share["state"], device)
+    for block, spec_args, spec_kwargs in share["variants"]:
+        block.to(device)
+        compiled = torch.compile(block.forward, mode=settings["mode"], backend=settings["backend"], dynamic=False)
+        args, kwargs = materialize(spec_args, device), materialize(spec_kwargs, device)
+        with autocast:
+            out = compiled(*args, **kwargs)
+        outputs = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad]
+        if outputs:
+            torch.autograd.backward(outputs, [torch.randn_like(t) for t in outputs])
+    print(json.dumps({"graphs": counters["stats"]["unique_graphs"]}), flush=True)
+
+
+if __name__ == "__main__":
+    # Through the package, not this __main__ module: the share's TensorSpecs unpickle as the package's class.
+    from sdlora.train.compile_workers import compile_share as _compile_share
+
+    _compile_share(Path(sys.argv[1]))
