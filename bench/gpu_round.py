@@ -20,7 +20,8 @@ Stages:
 - precompile: the other timed configurations through `sdlora train` for 2 steps, in parallel, to fill the cache
   (`--precompile NAME ...` picks them from COMPILE_CONFIGS; a later call with new names compiles those too);
 - first-step-blocks: SD 1.5 batch 8 with `compile: blocks`, cold (its own empty cache folder) then warm, then a
-  warm start under cProfile;
+  warm start under cProfile; -step with the whole step as one graph, -step-quick without the profiled start; each
+  start's compile-cache hits and misses, and what train.compile_workers did (the cache's markers);
 - memory: peak memory at batch 1, eager, per network type and with fp8, plain and with gradient checkpointing;
 - baseline: the diffusers recipe loop at batch 1, 8, 32;
 - timed-*: train_speed.py runs (compiled + CUDA graphs, cached latents) with the loss on fixed data afterwards
@@ -326,7 +327,13 @@ def stage_precompile(args) -> dict:
     return result
 
 
-def stage_first_step_blocks(args, cache: str = "cache-blocks", cuda_graphs: str = "auto") -> dict:
+def compile_workers_done(cache: Path) -> list:
+    """What train.compile_workers recorded in the cache (compile_workers.Report.mark_warm): variants, workers, s."""
+    return [json.loads(p.read_text()) for p in sorted((cache / "inductor" / "sdlora-blocks").glob("*"))]
+
+
+def stage_first_step_blocks(args, cache: str = "cache-blocks", cuda_graphs: str = "auto",
+                            profiled: bool = True) -> dict:
     """SD 1.5 at batch 8 with `compile: blocks` to its first step: cold (SDLORA_CACHE pointed at a new, empty
     folder, so inductor's cache and the latents' disk cache start empty as on a new machine), warm (50 steps, their
     speed from the step events), then warm again under cProfile: where a warm start's seconds go."""
@@ -341,11 +348,12 @@ def stage_first_step_blocks(args, cache: str = "cache-blocks", cuda_graphs: str 
     os.environ["SDLORA_CACHE"] = str(fresh)  # the `sdlora train` children inherit it
     out = work / f"first-{cache}"
     shutil.rmtree(out, ignore_errors=True)
-    profile = work / f"first-{cache}.prof"
+    profile = work / f"first-{cache}.prof" if profiled else None
     result = time_to_first_step(Path(args.model_dir), Path(args.data_dir), out, 8,
                                 bench_args(compile="blocks", cuda_graphs=cuda_graphs, first_step_profile=profile),
                                 run2_steps=50)
-    if profile.is_file():
+    result["compile_workers"] = compile_workers_done(fresh)
+    if profile is not None and profile.is_file():
         import io
 
         text = io.StringIO()
@@ -543,6 +551,7 @@ def stage_sdxl_first_step(_args) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     result = time_to_first_step(work_dir() / "sdxl", work_dir() / "data1024", out, 4,
                                 bench_args(resolution=1024, compile="blocks", workers=4), run2_steps=50)
+    result["compile_workers"] = compile_workers_done(Path(os.environ["SDLORA_CACHE"]))
     result["tflop_per_sample"] = SDXL_TFLOP_PER_SAMPLE
     return result
 
@@ -568,6 +577,9 @@ def stage_functions() -> dict:
     stages["fp8-first-step"] = (60, stage_fp8_first_step)
     stages["first-step-blocks"] = (200, stage_first_step_blocks)
     stages["first-step-blocks-step"] = (200, lambda a: stage_first_step_blocks(a, "cache-blocks-step", "step"))
+    # The same without the profiled third start: cold and warm only, for a short call.
+    stages["first-step-blocks-step-quick"] = (150, lambda a: stage_first_step_blocks(a, "cache-blocks-step", "step",
+                                                                                     profiled=False))
     stages["step-smoke"] = (120, stage_step_smoke)
     stages["step-smoke-run"] = (SMOKE_RUN_S, stage_step_smoke_run)  # a child of step-smoke
     stages["memory"] = (150, stage_memory)
@@ -583,7 +595,7 @@ def stage_functions() -> dict:
              "timed-ema-val-b8", "fp8-first-step"]
     stages = {name: stages[name] for name in order} | {k: v for k, v in stages.items() if k not in order}
     stages["sdxl-model"] = (120, stage_sdxl_model)
-    stages["sdxl-first-step"] = (300, stage_sdxl_first_step)  # cold, then warm with 50 steps timed
+    stages["sdxl-first-step"] = (240, stage_sdxl_first_step)  # cold, then warm with 50 steps timed: 185 s (round 7)
     stages["sdxl-timed"] = (100, stage_sdxl_timed)
     return stages
 

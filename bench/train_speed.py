@@ -352,11 +352,16 @@ def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: in
             "network": {"rank": args.rank, "alpha": args.rank},
             "train": {"steps": run2_steps if attempt == "run2" else 3, "batch_size": batch, "mixed_precision": args.precision, "compile": args.compile,
                       "cuda_graphs": args.cuda_graphs, "report_every": 1,
-                      "base_precision": getattr(args, "base_precision", "auto")},
+                      "base_precision": getattr(args, "base_precision", "auto"),
+                      **({"compile_workers": args.compile_workers}
+                         if getattr(args, "compile_workers", None) is not None else {})},
             "save": {"output_dir": str(out_dir)}}))
         start, start_unix = time.perf_counter(), time.time()
-        profile = ["-m", "cProfile", "-o", str(args.first_step_profile)] if attempt == "profiled" else []
-        proc = subprocess.Popen([sys.executable, *profile, "-m", "sdlora", "train", "--preset", str(preset)],
+        # Under cProfile, or under compile_times.py, which writes the compile caches' hit and miss counts at exit.
+        times = out_dir / f"{name}.compile.json"
+        wrap = (["-m", "cProfile", "-o", str(args.first_step_profile), "-m", "sdlora"] if attempt == "profiled"
+                else [str(Path(__file__).resolve().parent / "compile_times.py"), str(times)])
+        proc = subprocess.Popen([sys.executable, *wrap, "train", "--preset", str(preset)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         events = out_dir / name / "events.jsonl"
         first = None
@@ -370,6 +375,10 @@ def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: in
         if first is None:
             raise RuntimeError(f"sdlora train ({attempt}) ended without a step: {proc.stderr.read()[-2000:]}")
         result[f"{attempt}_s"] = round(first, 1)
+        if times.is_file():  # did this start load its graphs from the cache, or compile them?
+            found = json.loads(times.read_text()).get("counters", {})
+            result[f"{attempt}_caches"] = {k: v for part in ("aot_autograd", "inductor")
+                                           for k, v in found.get(part, {}).items() if "cache" in k and "async" not in k}
         # Split: process start -> `start` event (imports, model load, data check, caches) and the rest (the first
         # step: compile or compile-cache load, CUDA-graph recording).
         started = next(json.loads(line)["time"] for line in events.read_text().splitlines()
