@@ -65,9 +65,9 @@ def test_the_warm_marker_is_the_same_in_every_process():
         "unet = lora_unet()[0].unet.train()\n"
         "view = CompiledBlocks(unet, None, 'aot_eager')\n"
         "args, kwargs = unet_call(unet)\n"
-        "variants = cw.find_variants(unet, [b for b, _ in view.blocks], args, kwargs)\n"
         "cpu = torch.device('cpu')\n"
-        "print(cw.run_key(variants, view.settings, cw.global_state(cpu), cpu))\n")
+        "print(cw.run_key(unet, [b for b, _ in view.blocks], args, kwargs, view.settings, cw.global_state(cpu),"
+        " cpu))\n")
     keys = set()
     for seed in ("1", "2", "3"):
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,

@@ -13,8 +13,9 @@ How: on the compiled view's first call, the UNet runs once on fake tensors (Fake
 metadata, no memory, no kernels) with a pre-hook on each repeated block that records its inputs. One block of
 each distinct (structure, inputs) pair is saved with torch.save; each worker loads its share, sets the same global
 state (autocast, grad mode, matmul precision), compiles each block's forward with the trainer's own torch.compile
-settings and runs forward and backward on random inputs of the recorded layout. A marker file keyed on all of
-that (with the torch version and the device) says the cache holds them, so a warm start spawns nothing.
+settings and runs forward and backward on random inputs of the recorded layout. A marker file keyed on what the
+graphs follow from (the UNet's inputs and parameters, the blocks' structure, the compile settings and state, torch
+and the device) says the cache holds them, so a warm start spawns nothing and skips the fake run.
 
 Anything unexpected (a block that cannot be pickled, a fake run that fails, a worker that fails or runs past its
 limit) leaves the compile to the trainer's process, as before: this only ever moves work, it changes no result.
@@ -221,9 +222,14 @@ def marker_path(key: str) -> Path | None:
     return Path(root) / "sdlora-blocks" / key if root else None
 
 
-def run_key(variants: list[Variant], settings: dict, state: dict, device: torch.device) -> str:
+def run_key(model: torch.nn.Module, blocks: list[torch.nn.Module], args: tuple, kwargs: dict, settings: dict,
+            state: dict, device: torch.device) -> str:
+    """What the blocks' graphs follow from, read without running the UNet (a warm start skips the fake run): the
+    UNet's inputs and parameters, the blocks' structure, the compile settings and state, torch and the device."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    parts = [torch.__version__, name, settings, state, sorted(v.key for v in variants)]
+    params = [(n, tuple(p.shape), tuple(p.stride()), str(p.dtype), p.requires_grad) for n, p in model.named_parameters()]
+    parts = [torch.__version__, name, settings, state, describe(args), describe(kwargs), params,
+             [_structure(block) for block in blocks]]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=_stable).encode()).hexdigest()[:24]
 
 
@@ -260,14 +266,14 @@ def precompile(model, blocks, args, kwargs, *, settings: dict, wanted: int, devi
     """Compile the blocks' variants in worker processes into the shared cache, before the trainer's own compile.
     `settings`: torch.compile's mode and backend as the trainer uses them."""
     start = time.perf_counter()
+    state = global_state(device)
     try:
+        marker = marker_path(run_key(model, blocks, args, kwargs, settings, state, device))
+        if marker is not None and marker.is_file():
+            return Report(0, skipped="warm: this cache holds them")
         variants = find_variants(model, blocks, args, kwargs)
     except Unsupported as exc:
         return Report(0, skipped=str(exc))
-    state = global_state(device)
-    marker = marker_path(run_key(variants, settings, state, device))
-    if marker is not None and marker.is_file():
-        return Report(len(variants), skipped="warm: this cache holds them")
     count = worker_count(wanted, len(variants), device)
     if count < 2:
         return Report(len(variants), skipped=f"{count} worker(s) possible for {len(variants)} variant(s)",
