@@ -1,4 +1,4 @@
-"""Small adapters for the Preview tab's browser test, built with the adapters API (no training needed)."""
+"""Small adapters for the browser tests, built with the adapters API (no training needed), and typing into a field."""
 
 from __future__ import annotations
 
@@ -62,3 +62,15 @@ def make_run(folder: Path, steps=(10, 20), name: str = "cmprun") -> Path:
     save_adapter(adapter, folder / f"{name}.safetensors")
     (folder / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
     return folder
+
+
+def type_into(page, selector: str, text: str) -> None:
+    """Fill a field, leave it (Tab) as a user does, and wait until it shows the text: on a loaded machine a button
+    clicked straight after a bare fill() once sent the field's old value (the Adapters tab resized to rank 4, not
+    2)."""
+    from playwright.sync_api import expect
+
+    box = page.locator(selector).first
+    box.fill(text)
+    box.press("Tab")
+    expect(box).to_have_value(text)  # the field took what was typed

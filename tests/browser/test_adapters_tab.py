@@ -6,7 +6,7 @@ from __future__ import annotations
 from playwright.sync_api import expect
 
 from browser.conftest import screenshot
-from browser.fixtures import make_adapters
+from browser.fixtures import make_adapters, type_into
 
 
 def test_inspect_resize_convert_and_merge_from_the_browser(page, project):
@@ -26,23 +26,23 @@ def test_inspect_resize_convert_and_merge_from_the_browser(page, project):
     screenshot(page, "adapters")
 
     page.get_by_role("tab", name="Resize").click()
-    page.locator("#ad-rank input, #ad-rank textarea").first.fill("2")
-    page.locator("#ad-resize-out input, #ad-resize-out textarea").first.fill("red-r2")
+    type_into(page, "#ad-rank input, #ad-rank textarea", "2")  # Tab, then a check that the field took it
+    type_into(page, "#ad-resize-out input, #ad-resize-out textarea", "red-r2")
     page.locator("#ad-resize").click()
     expect(page.locator("#ad-resize-note")).to_contain_text("adapters/red-r2.safetensors")
     resized = read_adapter_file(project / "adapters" / "red-r2.safetensors")
     assert resized.adapter.ranks == {2} and source.adapter.ranks == {4}
 
     page.get_by_role("tab", name="Convert").click()
-    page.locator("#ad-convert-out input, #ad-convert-out textarea").first.fill("red-diffusers")
+    type_into(page, "#ad-convert-out input, #ad-convert-out textarea", "red-diffusers")
     page.locator("#ad-convert").click()
     expect(page.locator("#ad-convert-note")).to_contain_text("kohya → diffusers")
     converted = read_adapter_file(project / "adapters" / "red-diffusers.safetensors")
     assert converted.format == "diffusers" and set(converted.adapter.layers) == set(source.adapter.layers)
 
     page.get_by_role("tab", name="Merge into a model").click()
-    page.locator("#ad-weight input, #ad-weight textarea").first.fill("0.5")
-    page.locator("#ad-merge-out input, #ad-merge-out textarea").first.fill("tiny-red")
+    type_into(page, "#ad-weight input, #ad-weight textarea", "0.5")
+    type_into(page, "#ad-merge-out input, #ad-merge-out textarea", "tiny-red")
     page.locator("#ad-merge").click()
     expect(page.locator("#ad-merge-note")).to_contain_text("models/tiny-red", timeout=120_000)
     assert (project / "models" / "tiny-red" / "model_index.json").is_file()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from playwright.sync_api import expect
 
 from browser.conftest import screenshot
-from browser.fixtures import make_adapters
+from browser.fixtures import make_adapters, type_into
 
 GEN_TIMEOUT = 150_000
 
@@ -19,13 +19,6 @@ def set_weight(page, index: int, value: float) -> None:
     box = page.locator(".pv-weight").nth(index).locator("input[type=number]")
     box.fill(str(value))
     box.press("Enter")
-
-
-def type_into(page, selector: str, text: str) -> None:
-    box = page.locator(selector).first
-    box.fill(text)
-    box.press("Tab")
-    expect(box).to_have_value(text)  # the field took what was typed
 
 
 def pick(page, elem_id: str, option: str) -> None:
