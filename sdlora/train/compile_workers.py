@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_leaves, tree_map
 
 from sdlora.atomic import write_text
 
@@ -74,26 +75,19 @@ class Unsupported(Exception):
 
 
 def describe(value: Any) -> Any:
-    """A picklable description of one argument: tensors become TensorSpec, containers are walked."""
-    if isinstance(value, torch.Tensor):
-        return TensorSpec.of(value)
-    if isinstance(value, (list, tuple)):
-        return type(value)(describe(v) for v in value)
-    if isinstance(value, dict):
-        return {k: describe(v) for k, v in value.items()}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise Unsupported(f"a block input of type {type(value).__name__}")
+    """A picklable description of one argument: tensors become TensorSpec inside the same containers."""
+    def leaf(item: Any) -> Any:
+        if isinstance(item, torch.Tensor):
+            return TensorSpec.of(item)
+        if item is None or isinstance(item, (bool, int, float, str)):
+            return item
+        raise Unsupported(f"a block input of type {type(item).__name__}")
+
+    return tree_map(leaf, value)
 
 
 def materialize(spec: Any, device: torch.device) -> Any:
-    if isinstance(spec, TensorSpec):
-        return spec.make(device)
-    if isinstance(spec, (list, tuple)):
-        return type(spec)(materialize(v, device) for v in spec)
-    if isinstance(spec, dict):
-        return {k: materialize(v, device) for k, v in spec.items()}
-    return spec
+    return tree_map(lambda item: item.make(device) if isinstance(item, TensorSpec) else item, spec)
 
 
 # Process-wide numerics settings a compiled graph depends on (the compile caches key on them), by torch.backends part.
@@ -102,10 +96,7 @@ def materialize(spec: Any, device: torch.device) -> Any:
 _NUMERICS = {"cuda.matmul": ("fp32_precision", "allow_tf32", "allow_bf16_reduced_precision_reduction",
                              "allow_fp16_reduced_precision_reduction"),
              "cudnn": ("fp32_precision", "allow_tf32")}
-
-
-def _backend(label: str):
-    return torch.backends.cuda.matmul if label == "cuda.matmul" else torch.backends.cudnn
+_BACKENDS = {"cuda.matmul": torch.backends.cuda.matmul, "cudnn": torch.backends.cudnn}
 
 
 def _compiler_configs() -> dict:
@@ -121,8 +112,8 @@ def global_state(device: torch.device) -> dict:
     mode, autocast, numerics, and the compilers' own settings as this process has them (sdlora's and any
     library's changes included: cache_custom_autograd_functions, say)."""
     kind = device.type
-    numerics = {f"{label}:{name}": getattr(_backend(label), name) for label, names in _NUMERICS.items()
-                for name in names if hasattr(_backend(label), name)}
+    numerics = {f"{label}:{name}": getattr(_BACKENDS[label], name) for label, names in _NUMERICS.items()
+                for name in names if hasattr(_BACKENDS[label], name)}
     return {"grad": torch.is_grad_enabled(), "autocast": torch.is_autocast_enabled(kind),
             "autocast_dtype": str(torch.get_autocast_dtype(kind)).removeprefix("torch."),
             "autocast_cache": torch.is_autocast_cache_enabled(),
@@ -139,8 +130,8 @@ def apply_global_state(state: dict, device: torch.device):
         torch.set_float32_matmul_precision(state["matmul_precision"])
     for key, value in state["numerics"].items():
         label, _, name = key.partition(":")
-        if getattr(_backend(label), name, value) != value:
-            setattr(_backend(label), name, value)
+        if getattr(_BACKENDS[label], name, value) != value:
+            setattr(_BACKENDS[label], name, value)
     if torch.are_deterministic_algorithms_enabled() != state["deterministic"]:
         torch.use_deterministic_algorithms(state["deterministic"])
     torch.set_grad_enabled(state["grad"])
@@ -349,7 +340,7 @@ def compile_share(job: Path) -> None:
         args, kwargs = materialize(spec_args, device), materialize(spec_kwargs, device)
         with autocast:
             out = compiled(*args, **kwargs)
-        outputs = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad]
+        outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad]
         if outputs:
             torch.autograd.backward(outputs, [torch.randn_like(t) for t in outputs])
     print(json.dumps({"graphs": counters["stats"]["unique_graphs"]}), flush=True)

@@ -179,7 +179,7 @@ class CompiledBlocks:
         finally:
             for block, _ in self.blocks:
                 del block.forward
-        if self.precompiled is not None and self.precompiled.marker is not None:
+        if self.precompiled is not None:
             self.precompiled.mark_warm()  # compiled, here or by the workers: the next start spawns none
         return result
 
