@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from types import SimpleNamespace
 
@@ -119,6 +120,29 @@ def test_other_vae_weights_or_size_miss_the_cache(tmp_path, cache_root):
     assert encoder.vae.images == 4
     _, encoder, _, _ = attach(data, cache="disk", buckets=True, bucket_min=32, bucket_max=128, bucket_step=16)
     assert encoder.vae.images == 4  # a bucket size is another crop
+
+
+def test_module_identity_follows_the_weights_not_the_threads():
+    """The VAE's and text encoders' identity names their cache folders: the same weights give the same identity
+    however many threads hash them; one changed element, a dtype or a tensor name gives another."""
+    from sdlora.data.cache import module_identity
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 8))
+    same = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 8))
+    same.load_state_dict(module.state_dict())
+    identity = module_identity(module, threads=1)
+    assert len(identity) == 64
+    assert module_identity(module, threads=4) == identity == module_identity(same, threads=3)
+    with torch.no_grad():
+        same[2].weight[3, 5] += 1e-3
+    assert module_identity(same) != identity
+    assert module_identity(copy.deepcopy(module).to(torch.bfloat16)) != identity
+    renamed = torch.nn.Sequential()
+    for name, layer in zip(("a", "b", "c"), copy.deepcopy(module)):
+        renamed.add_module(name, layer)
+    assert module_identity(renamed) != identity  # the same bytes under other names
+    assert module_identity(module) == identity
 
 
 def test_memory_cache_serves_samples_without_the_image_files(tmp_path, cache_root):

@@ -1,8 +1,8 @@
 """The latent and text-embedding cache (data.cache: memory | disk): encode once, never serve a stale entry.
 
 Keys are content hashes, not names or dates:
-- a latent: sha256 of the image file's bytes, the VAE's identity (a hash of its weights and dtype), the
-  training size, resize, crop and flip, and `RECIPE` (bump it when decoding or resizing changes pixels);
+- a latent: sha256 of the image file's bytes, the VAE's identity (`module_identity`: a hash of its weights and
+  dtype), the training size, resize, crop and flip, and `RECIPE` (bump it when decoding or resizing changes pixels);
 - a text embedding: the text encoder's and tokenizer's identity (SDXL: both encoders and tokenizers), the
   output dtype, and the caption string after trigger and augmentation. An SDXL entry also holds the pooled
   embedding of its second encoder; SD 1.x/2.x keys are unchanged by that.
@@ -24,6 +24,7 @@ $SDLORA_CACHE or ~/.cache/sdlora; deleting those folders is always safe. memory:
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -44,13 +45,26 @@ LATENT_BATCH = 4  # images per VAE call while filling: fits SD at 1024 px in a f
 TEXT_BATCH = 32
 
 
-def module_identity(module: torch.nn.Module) -> str:
-    """sha256 over a module's class, parameter names, dtypes, shapes and bytes (~1.4 GB/s on one core)."""
+def _tensor_digest(tensor: torch.Tensor) -> bytes:
+    return hashlib.sha256(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()).digest()
+
+
+def module_identity(module: torch.nn.Module, threads: int | None = None) -> str:
+    """sha256 over a module's class and, per tensor of its state dict, the name, dtype, shape and the sha256 of
+    its bytes. The tensors are hashed on `threads` threads (default: up to 8): hashlib and the copy off the GPU
+    release the GIL, and one core hashes ~1 GB/s, so SDXL's three encoders (1.6 GB in bf16) took 1.7 s of every
+    start on the H200 machine one after another (round eight, docs/PERFORMANCE.md). The value does not depend on
+    the thread count."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = list(module.state_dict().items())
+    threads = threads or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        digests = list(pool.map(_tensor_digest, [tensor for _, tensor in items]))
     digest = hashlib.sha256(type(module).__qualname__.encode())
-    for name, tensor in module.state_dict().items():
-        tensor = tensor.detach()
+    for (name, tensor), tensor_digest in zip(items, digests):
         digest.update(f"|{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        digest.update(tensor_digest)
     return digest.hexdigest()
 
 
