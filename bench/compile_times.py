@@ -18,6 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def write_times(out: Path, started: float) -> None:
+    if "torch._dynamo.utils" not in sys.modules:  # nothing compiled (importing torch at exit can fail)
+        out.write_text(json.dumps({"wall_s": round(time.perf_counter() - started, 1), "phases_s": {}, "counters": {}}))
+        return
     import torch._dynamo.utils as dynamo_utils
 
     phases = {}

@@ -20,14 +20,16 @@ Stages:
 - precompile: the other timed configurations through `sdlora train` for 2 steps, in parallel, to fill the cache
   (`--precompile NAME ...` picks them from COMPILE_CONFIGS; a later call with new names compiles those too);
 - first-step-blocks: SD 1.5 batch 8 with `compile: blocks`, cold (its own empty cache folder) then warm, then a
-  warm start under cProfile; -step with the whole step as one graph, -step-quick without the profiled start; each
+  warm start under cProfile; -step with the whole step as one graph, -step-quick without the profiled start,
+  -step-sampled both starts under bench/stack_sampler.py (where the wall time goes, the files beside them); each
   start's compile-cache hits and misses, and what train.compile_workers did (the cache's markers);
 - memory: peak memory at batch 1, eager, per network type and with fp8, plain and with gradient checkpointing;
 - baseline: the diffusers recipe loop at batch 1, 8, 32;
 - timed-*: train_speed.py runs (compiled + CUDA graphs, cached latents) with the loss on fixed data afterwards
   (validation_loss): bf16 at batch 1, 8, 32 (8 and 32 with two seeds for the run-to-run spread), fp8 at 8, 32,
   each network type at 8, channels-last and NCHW (train.channels_last is auto: on at batch <= 8 since round five);
-- sdxl-* (--sdxl): SDXL 1024 px batch 4, `compile: blocks` cold and warm first step, then its speed.
+- sdxl-* (--sdxl): SDXL 1024 px batch 4, `compile: blocks` cold and warm first step (-sampled: under the stack
+  sampler), then its speed.
 Prints a short table last. `--only` runs the stages named, in the order given.
 
 On the lent machine, compile site-packages to bytecode first (its image sets PYTHONDONTWRITEBYTECODE, so every new
@@ -333,7 +335,7 @@ def compile_workers_done(cache: Path) -> list:
 
 
 def stage_first_step_blocks(args, cache: str = "cache-blocks", cuda_graphs: str = "auto",
-                            profiled: bool = True) -> dict:
+                            profiled: bool = True, sampled: bool = False) -> dict:
     """SD 1.5 at batch 8 with `compile: blocks` to its first step: cold (SDLORA_CACHE pointed at a new, empty
     folder, so inductor's cache and the latents' disk cache start empty as on a new machine), warm (50 steps, their
     speed from the step events), then warm again under cProfile: where a warm start's seconds go."""
@@ -350,7 +352,8 @@ def stage_first_step_blocks(args, cache: str = "cache-blocks", cuda_graphs: str 
     shutil.rmtree(out, ignore_errors=True)
     profile = work / f"first-{cache}.prof" if profiled else None
     result = time_to_first_step(Path(args.model_dir), Path(args.data_dir), out, 8,
-                                bench_args(compile="blocks", cuda_graphs=cuda_graphs, first_step_profile=profile),
+                                bench_args(compile="blocks", cuda_graphs=cuda_graphs, first_step_profile=profile,
+                                           first_step_sampled=sampled),
                                 run2_steps=50)
     result["compile_workers"] = compile_workers_done(fresh)
     if profile is not None and profile.is_file():
@@ -542,7 +545,7 @@ def stage_sdxl_model(_args) -> dict:
     return {"build_s": round(time.perf_counter() - t0, 1)}
 
 
-def stage_sdxl_first_step(_args) -> dict:
+def stage_sdxl_first_step(_args, sampled: bool = False) -> dict:
     import shutil
 
     from train_speed import time_to_first_step
@@ -550,7 +553,8 @@ def stage_sdxl_first_step(_args) -> dict:
     out = work_dir() / "first-sdxl"
     shutil.rmtree(out, ignore_errors=True)
     result = time_to_first_step(work_dir() / "sdxl", work_dir() / "data1024", out, 4,
-                                bench_args(resolution=1024, compile="blocks", workers=4), run2_steps=50)
+                                bench_args(resolution=1024, compile="blocks", workers=4, first_step_sampled=sampled),
+                                run2_steps=50)
     result["compile_workers"] = compile_workers_done(Path(os.environ["SDLORA_CACHE"]))
     result["tflop_per_sample"] = SDXL_TFLOP_PER_SAMPLE
     return result
@@ -580,6 +584,9 @@ def stage_functions() -> dict:
     # The same without the profiled third start: cold and warm only, for a short call.
     stages["first-step-blocks-step-quick"] = (150, lambda a: stage_first_step_blocks(a, "cache-blocks-step", "step",
                                                                                      profiled=False))
+    # Both starts under bench/stack_sampler.py: where each one's wall time goes, without cProfile's slow-down.
+    stages["first-step-blocks-step-sampled"] = (180, lambda a: stage_first_step_blocks(  # 139-177 s (round 8)
+        a, "cache-blocks-step", "step", profiled=False, sampled=True))
     stages["step-smoke"] = (120, stage_step_smoke)
     stages["step-smoke-run"] = (SMOKE_RUN_S, stage_step_smoke_run)  # a child of step-smoke
     stages["memory"] = (150, stage_memory)
@@ -596,6 +603,7 @@ def stage_functions() -> dict:
     stages = {name: stages[name] for name in order} | {k: v for k, v in stages.items() if k not in order}
     stages["sdxl-model"] = (120, stage_sdxl_model)
     stages["sdxl-first-step"] = (240, stage_sdxl_first_step)  # cold, then warm with 50 steps timed: 185 s (round 7)
+    stages["sdxl-first-step-sampled"] = (240, lambda a: stage_sdxl_first_step(a, sampled=True))  # 187-218 s
     stages["sdxl-timed"] = (100, stage_sdxl_timed)
     return stages
 
@@ -637,9 +645,11 @@ def summary_table(state: dict) -> str:
             lines.append(f"step-smoke {label}: " + json.dumps(
                 {m: ({k: v for k, v in r.items() if k != "losses_head"} if isinstance(r, dict) else r)
                  for m, r in rows.items()})[:600])
-    for name in ("fp8-first-step", "first-step-blocks", "first-step-blocks-step", "sdxl-first-step", "sdxl-timed"):
+    for name in ("fp8-first-step", "first-step-blocks", "first-step-blocks-step", "first-step-blocks-step-sampled",
+                 "sdxl-first-step", "sdxl-first-step-sampled", "sdxl-timed"):
         if state.get(name, {}).get("result"):
-            shown = {k: v for k, v in state[name]["result"].items() if k != "warm_profile_top"}
+            shown = {k: v for k, v in state[name]["result"].items()
+                     if k != "warm_profile_top" and not k.endswith("_sampled")}
             lines.append(f"{name}: {json.dumps(shown)}")
     for row in state.get("memory", {}).get("result", {}).get("rows", []):
         lines.append(f"memory b1 {row.get('type'):<7} checkpointing {row.get('gradient_checkpointing')!s:<5} "
@@ -728,7 +738,8 @@ def main() -> None:
             if proc.returncode == 0 and line:
                 entry = {"status": "ok", "result": json.loads(line[7:])}
             else:
-                entry = {"status": f"failed rc={proc.returncode}", "stderr": proc.stderr[-3000:]}
+                entry = {"status": f"failed rc={proc.returncode}", "stderr": proc.stderr[-3000:],
+                         "stdout": proc.stdout[-2000:]}
         except subprocess.TimeoutExpired:
             entry = {"status": "timed out"}
         if name == "precompile" and entry["status"] == "ok" and state.get(name, {}).get("status") == "ok":

@@ -342,7 +342,11 @@ def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: in
     preset = out_dir / f"first-step-b{batch}.yaml"
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"batch": batch}
+    sampled = getattr(args, "first_step_sampled", False)
+    # Sampled: the cold start and a third, warm one (run3, 3 steps) under stack_sampler.py; run2 and run4 stay
+    # plain, so the warm figures (two, for their spread) and the speed after 10 steps are an unwatched process's.
     attempts = ("run1", "run2", "profiled") if args.first_step_profile else ("run1", "run2")
+    attempts += ("run3", "run4") if sampled else ()  # run4: a second plain warm start, 3 steps
     for attempt in attempts:
         name = f"first-{attempt}-b{batch}"
         preset.write_text(yaml.safe_dump({
@@ -359,8 +363,11 @@ def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: in
         start, start_unix = time.perf_counter(), time.time()
         # Under cProfile, or under compile_times.py, which writes the compile caches' hit and miss counts at exit.
         times = out_dir / f"{name}.compile.json"
+        # run1 and run3 of a sampled bench under stack_sampler.py instead: where each start's wall time went, with
+        # the same counters.
+        wrapper = "stack_sampler.py" if sampled and attempt in ("run1", "run3") else "compile_times.py"
         wrap = (["-m", "cProfile", "-o", str(args.first_step_profile), "-m", "sdlora"] if attempt == "profiled"
-                else [str(Path(__file__).resolve().parent / "compile_times.py"), str(times)])
+                else [str(Path(__file__).resolve().parent / wrapper), str(times)])
         proc = subprocess.Popen([sys.executable, *wrap, "train", "--preset", str(preset)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         events = out_dir / name / "events.jsonl"
@@ -376,7 +383,12 @@ def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: in
             raise RuntimeError(f"sdlora train ({attempt}) ended without a step: {proc.stderr.read()[-2000:]}")
         result[f"{attempt}_s"] = round(first, 1)
         if times.is_file():  # did this start load its graphs from the cache, or compile them?
-            found = json.loads(times.read_text()).get("counters", {})
+            written = json.loads(times.read_text())
+            found = written.get("counters", {})
+            if "by_sdlora" in written:  # stack_sampler.py's: the largest shares, the whole file beside the run
+                result[f"{attempt}_sampled"] = {"by_sdlora": dict(list(written["by_sdlora"].items())[:25]),
+                                                "phases": dict(list(written["phases"].items())[:40]),
+                                                "file": str(times)}
             result[f"{attempt}_caches"] = {k: v for part in ("aot_autograd", "inductor")
                                            for k, v in found.get(part, {}).items() if "cache" in k and "async" not in k}
         # Split: process start -> `start` event (imports, model load, data check, caches) and the rest (the first
@@ -387,8 +399,13 @@ def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: in
         if attempt == "run2" and run2_steps > 20:
             times = [json.loads(line)["time"] for line in events.read_text().splitlines()
                      if json.loads(line)["event"] == "step"]
-            result["run2_samples_per_s"] = round(batch * (len(times) - 11) / (times[-1] - times[10]), 2)
-            result["run2_timed_steps"] = len(times) - 11
+            if len(times) < 12:  # it ended early: say how, rather than fail the whole bench
+                result["run2_ended_early"] = {"steps": len(times), "returncode": proc.returncode,
+                                              "events_tail": events.read_text().splitlines()[-3:],
+                                              "stderr_tail": proc.stderr.read()[-2000:]}
+            else:
+                result["run2_samples_per_s"] = round(batch * (len(times) - 11) / (times[-1] - times[10]), 2)
+                result["run2_timed_steps"] = len(times) - 11
         print(f"[{time.strftime('%X')}] first step, batch {batch}, {attempt}: {first:.1f} s", flush=True)
     return result
 
