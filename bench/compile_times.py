@@ -17,19 +17,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def write_times(out: Path, started: float) -> None:
-    if "torch._dynamo.utils" not in sys.modules:  # nothing compiled (importing torch at exit can fail)
-        out.write_text(json.dumps({"wall_s": round(time.perf_counter() - started, 1), "phases_s": {}, "counters": {}}))
-        return
-    import torch._dynamo.utils as dynamo_utils
+def compile_counters() -> dict:
+    """dynamo's, AOTAutograd's and inductor's counters (the compile caches' hits and misses); {} when nothing
+    compiled in this process (importing torch at exit to read them can fail)."""
+    dynamo_utils = sys.modules.get("torch._dynamo.utils")
+    if dynamo_utils is None:
+        return {}
+    return {k: dict(v) for k, v in dynamo_utils.counters.items() if k in ("stats", "inductor", "aot_autograd")}
 
+
+def write_times(out: Path, started: float) -> None:
     phases = {}
-    raw = dynamo_utils.compile_times(repr="csv", aggregate=True)  # (names, totals)
-    if isinstance(raw, tuple) and len(raw) == 2:
-        phases = {name: float(value) for name, value in zip(*raw)}
-    counters = {k: dict(v) for k, v in dynamo_utils.counters.items() if k in ("stats", "inductor", "aot_autograd")}
+    dynamo_utils = sys.modules.get("torch._dynamo.utils")
+    if dynamo_utils is not None:
+        raw = dynamo_utils.compile_times(repr="csv", aggregate=True)  # (names, totals)
+        if isinstance(raw, tuple) and len(raw) == 2:
+            phases = {name: float(value) for name, value in zip(*raw)}
     out.write_text(json.dumps({"wall_s": round(time.perf_counter() - started, 1), "phases_s": phases,
-                               "counters": counters}, default=str))
+                               "counters": compile_counters()}, default=str))
 
 
 def main() -> int:

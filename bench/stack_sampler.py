@@ -12,8 +12,8 @@ the first step it was), `inclusive` (every frame on the stack, the top ones: lik
 (the innermost frame: like its tottime), `phases` (the innermost sdlora frame paired with the torch subsystem
 under it, e.g. `compiled.py:__call__ | dynamo tracing`), `timeline`: runs of consecutive samples with the same
 innermost sdlora frame, with their unix start time, to lay beside the events' times; `stacks`: the heaviest
-stacks (their innermost frames, outermost first, `;`-joined as flame-graph tools read them); `counters`: dynamo's, AOTAutograd's and inductor's counters (the compile caches' hits and
-misses), as bench/compile_times.py writes them.
+stacks (their innermost frames, outermost first, `;`-joined as flame-graph tools read them); `counters`: the
+compile caches' hits and misses (bench/compile_times.py's `compile_counters`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,12 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compile_times import compile_counters  # noqa: E402  (bench/ is not a package)
 
 INTERVAL_S = 0.005
-STACK_DEPTH = 30  # frames kept per sample in `stacks` (whose callers a leaf has)
+STACK_DEPTH = 30  # frames kept per sample in `stacks`: enough to see a leaf's callers
 # The torch subsystem a frame belongs to, by the path it was loaded from (the first match, innermost frame out).
 SUBSYSTEMS = (("torch/_dynamo/symbolic_convert", "dynamo tracing"), ("torch/_dynamo/guards", "dynamo guards"),
               ("torch/_dynamo/output_graph", "dynamo graph"), ("torch/_functorch/_aot_autograd", "aot autograd"),
@@ -99,12 +102,8 @@ def write(out: Path, sampler: Sampler, started: float) -> None:
         return {k: round(v, 3) for k, v in counter.most_common(n)}
 
     timeline = [[round(t, 2), round(s, 2), name] for t, s, name in sampler.timeline if s >= 0.2]
-    counters = {}
-    if "torch._dynamo.utils" in sys.modules:  # the compile caches' hits and misses, as compile_times.py writes them
-        found = sys.modules["torch._dynamo.utils"].counters
-        counters = {k: dict(v) for k, v in found.items() if k in ("stats", "inductor", "aot_autograd")}
     out.write_text(json.dumps({"wall_s": round(time.perf_counter() - started, 2), "samples": sampler.samples,
-                               "counters": counters,
+                               "counters": compile_counters(),
                                "interval_s": INTERVAL_S, "by_sdlora": top(sampler.by_sdlora, 60),
                                "phases": top(sampler.phases, 80), "inclusive": top(sampler.inclusive, 150),
                                "leaf": top(sampler.leaf, 60), "timeline": timeline,
