@@ -90,7 +90,8 @@ def test_workers_compile_every_variant_and_a_warm_cache_spawns_none(tmp_path, mo
     assert report.workers == 2
     # Each worker traced its share in its own process: together, every variant once.
     assert report.compiled == report.variants > 1
-    assert not any(tmp_path.glob("inductor/sdlora-blocks/*"))  # warm only once the trainer's compile has run
+    # The saved variants' folder, but no marker: warm only once the trainer's compile has run.
+    assert not [p for p in tmp_path.glob("inductor/sdlora-blocks/*") if p.is_file()]
     report.mark_warm()
 
     again = compile_workers.precompile(unet, blocks, args, kwargs, settings=view.settings, wanted=2, device=cpu)
@@ -139,10 +140,16 @@ def test_blocks_that_cannot_be_handed_over_are_compiled_here(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_the_trainers_compile_loads_what_the_workers_compiled(tmp_path, monkeypatch):
-    """With inductor (the GPU's compiler; C++ kernels on the CPU): after the workers, the trainer's process finds
-    every graph in the cache and compiles none itself. Two variants of the tiny UNet keep it to a minute."""
+@pytest.mark.parametrize("saved", [True, False], ids=["saved", "unsaved"])
+def test_the_trainers_compile_loads_what_the_workers_compiled(tmp_path, monkeypatch, saved):
+    """With inductor (the GPU's compiler; C++ kernels on the CPU): after the workers, the trainer's process loads
+    each variant they saved and traces none (saved_blocks.py), or, with saving off, finds every graph in the
+    cache and compiles none itself. Two variants of the tiny UNet keep it to a minute."""
+    from sdlora.train.saved_blocks import OFF_SWITCH
+
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    if not saved:
+        monkeypatch.setenv(OFF_SWITCH, "1")
     components, config = lora_unet()
     unet = components.unet.train()
     objective = DenoisingObjective(components.noise_scheduler, config.train)
@@ -160,8 +167,16 @@ def test_the_trainers_compile_loads_what_the_workers_compiled(tmp_path, monkeypa
     monkeypatch.setattr(compile_workers, "find_variants", two_variants)
     torch._dynamo.reset()
     counters.clear()
-    objective(view, latents, text, torch.Generator().manual_seed(7)).mean().backward()
+    loss = objective(view, latents, text, torch.Generator().manual_seed(7)).mean()
+    loss.backward()
     assert view.precompiled.workers == 2 and view.precompiled.compiled == 2, view.precompiled
+    assert loss.item() == pytest.approx(objective(unet, latents, text, torch.Generator().manual_seed(7)).mean().item(),
+                                        rel=1e-5)
+    if saved:
+        assert counters["sdlora"]["saved_variants_loaded"] == 2 and counters["sdlora"]["saved_variant_calls"] == 2
+        assert counters["stats"]["unique_graphs"] == 0 and not counters["sdlora_refusal"]
+        return
+    assert not view.precompiled.saved
     assert counters["aot_autograd"]["autograd_cache_hit"] == 2, dict(counters["aot_autograd"])
     assert counters["aot_autograd"]["autograd_cache_miss"] == 0
     assert counters["inductor"]["fxgraph_cache_miss"] == 0

@@ -19,6 +19,11 @@ marker file keyed on what the graphs follow from (the UNet's inputs and paramete
 compile settings and state, torch and the device) says the cache holds them, so a warm start spawns nothing and
 skips the fake run.
 
+Where torch can (saved_blocks.py: torch's AOT precompile, the blocks compiled without CUDA graph trees), each
+worker compiles its variants that way instead and saves each one beside the marker, traced and compiled; the
+trainer loads them on its first call, now and on every warm start, and so skips dynamo's tracing too. A variant
+that cannot be saved is compiled with torch.compile in the worker as before.
+
 Anything unexpected (a block that cannot be pickled, a fake run that fails, a worker that fails or runs past its
 limit) leaves the compile to the trainer's process, as before: this only ever moves work, it changes no result.
 """
@@ -148,6 +153,7 @@ class Variant:
     kwargs: dict
     key: str
     cost: float  # for sharing the work out: parameters times input elements, a rough compile-size proxy
+    members: list[int] = dataclasses.field(default_factory=list)  # the indices (in `blocks`) of the blocks it serves
 
 
 def _structure(block: torch.nn.Module) -> list:
@@ -166,6 +172,7 @@ def find_variants(model: torch.nn.Module, blocks: list[torch.nn.Module], args: t
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     seen: dict[str, Variant] = {}
+    index_of = {id(block): i for i, block in enumerate(blocks)}
 
     def record(block, block_args, block_kwargs):
         spec_args, spec_kwargs = describe(block_args), describe(block_kwargs)
@@ -174,6 +181,7 @@ def find_variants(model: torch.nn.Module, blocks: list[torch.nn.Module], args: t
             elements = sum(t.numel() for t in [*block_args, *block_kwargs.values()] if isinstance(t, torch.Tensor))
             params = sum(p.numel() for p in block.parameters())
             seen[key] = Variant(block, spec_args, spec_kwargs, key, float(elements) * (1 + params / 1e6))
+        seen[key].members.append(index_of[id(block)])
 
     handles = [block.register_forward_pre_hook(record, with_kwargs=True) for block in blocks]
     try:
@@ -215,6 +223,22 @@ def marker_path(key: str) -> Path | None:
     return Path(root) / "sdlora-blocks" / key if root else None
 
 
+def saved_dir(marker: Path) -> Path:
+    """Where the workers save the variants of the marker's run (saved_blocks.py), with `blocks.json`: for each
+    block's index, its variant's file."""
+    return marker.with_name(marker.name + ".saved")
+
+
+def saved_files(marker: Path) -> dict[int, Path]:
+    """The saved variant of each block that has one, by block index; {} where nothing was saved."""
+    try:
+        names = json.loads((saved_dir(marker) / "blocks.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    files = {int(index): saved_dir(marker) / name for index, name in names.items()}
+    return {index: path for index, path in files.items() if path.is_file()}
+
+
 def run_key(model: torch.nn.Module, blocks: list[torch.nn.Module], args: tuple, kwargs: dict, settings: dict,
             state: dict, device: torch.device) -> str:
     """What the blocks' graphs follow from, read without running the UNet (a warm start skips the fake run): the
@@ -243,8 +267,10 @@ class Report:
     seconds: float = 0.0
     skipped: str = ""  # why nothing was spawned ("warm", "one variant", ...)
     failed: list[str] = dataclasses.field(default_factory=list)
-    compiled: int = 0  # graphs the workers compiled (dynamo's count in each)
+    compiled: int = 0  # graphs the workers compiled (dynamo's count in each, the saved variants' included)
     marker: Path | None = None  # written once the trainer's first compiled call has run
+    saved: dict[int, Path] = dataclasses.field(default_factory=dict)  # block index -> its saved variant
+    not_saved: list[str] = dataclasses.field(default_factory=list)  # why a worker compiled a variant unsaved
 
     def mark_warm(self) -> None:
         """The compile cache now holds these variants (compiled by the workers or by the trainer itself)."""
@@ -255,15 +281,21 @@ class Report:
         self.marker = None
 
 
-def precompile(model, blocks, args, kwargs, *, settings: dict, wanted: int, device: torch.device) -> Report:
+def precompile(model, blocks, args, kwargs, *, settings: dict, wanted: int, device: torch.device,
+               save: bool = False) -> Report:
     """Compile the blocks' variants in worker processes into the shared cache, before the trainer's own compile.
-    `settings`: torch.compile's mode and backend as the trainer uses them."""
+    `settings`: torch.compile's mode and backend as the trainer uses them. `save`: the workers save each variant
+    traced and compiled (saved_blocks.py); the Report's `saved` names the files, on a warm start too."""
     start = time.perf_counter()
     state = global_state(device)
+    # A saving run's marker is its own: its workers fill the saved folder instead of torch.compile's caches, so a
+    # run that does not load saved variants (several GPUs) must not take it for warm. And a saved variant holds
+    # its device's index (a guard), so that is part of its key.
+    key_settings = {**settings, "saved_for": str(device)} if save else settings
     try:
-        marker = marker_path(run_key(model, blocks, args, kwargs, settings, state, device))
+        marker = marker_path(run_key(model, blocks, args, kwargs, key_settings, state, device))
         if marker is not None and marker.is_file():
-            return Report(0, skipped="warm: this cache holds them")
+            return Report(0, skipped="warm: this cache holds them", saved=saved_files(marker) if save else {})
         variants = find_variants(model, blocks, args, kwargs)
     except Unsupported as exc:
         return Report(0, skipped=str(exc))
@@ -272,13 +304,15 @@ def precompile(model, blocks, args, kwargs, *, settings: dict, wanted: int, devi
         return Report(len(variants), skipped=f"{count} worker(s) possible for {len(variants)} variant(s)",
                       marker=marker)
     report = Report(len(variants), workers=count, marker=marker)
+    save_to = saved_dir(marker) if save and marker is not None else None
     with tempfile.TemporaryDirectory(prefix="sdlora-compile-") as tmp:
         procs = []
         try:
             for i, share in enumerate(share_out(variants, count)):
                 job = Path(tmp) / f"share-{i}.pt"
                 torch.save({"settings": settings, "state": state, "device": str(device),
-                            "variants": [(v.block, v.args, v.kwargs) for v in share]}, job)
+                            "save_dir": None if save_to is None else str(save_to),
+                            "variants": [(v.block, v.args, v.kwargs, v.key) for v in share]}, job)
                 procs.append((job, _spawn(job, count)))
         except Exception as exc:  # noqa: BLE001 - a block that does not pickle, say: compiled in-process
             for _, proc in procs:
@@ -299,7 +333,14 @@ def precompile(model, blocks, args, kwargs, *, settings: dict, wanted: int, devi
             if proc.returncode or not out:
                 report.failed.append(_reason(err) or f"exit {proc.returncode}")
             else:
-                report.compiled += json.loads(out.splitlines()[-1])["graphs"]
+                done = json.loads(out.splitlines()[-1])
+                report.compiled += done["graphs"]  # a saved variant is one of dynamo's graphs too
+                report.not_saved += done.get("not_saved", [])
+    if save_to is not None:
+        names = {str(i): f"{v.key}.bin" for v in variants for i in v.members if (save_to / f"{v.key}.bin").is_file()}
+        if names:
+            write_text(save_to / "blocks.json", json.dumps(names, sort_keys=True))
+            report.saved = saved_files(marker)
     report.seconds = round(time.perf_counter() - start, 1)
     if report.failed:
         warnings.warn(f"train.compile_workers: {len(report.failed)} of {count} compile workers failed "
@@ -324,26 +365,46 @@ def _spawn(job: Path, workers: int) -> subprocess.Popen:
 
 
 def compile_share(job: Path) -> None:
-    """A worker: compile and run (forward and backward) each variant of its share; prints how many graphs dynamo
-    compiled."""
+    """A worker: compile and run (forward and backward: the kernels' own compile happens at the first run) each
+    variant of its share, saved where the job names a folder (saved_blocks.py) and torch.compile's otherwise;
+    prints how many graphs dynamo compiled, how many variants were saved, and why any was not."""
     from torch._dynamo.utils import counters
 
     import sdlora.train.trainer  # noqa: F401 - the import-time settings the trainer's process has
+    from sdlora.train import saved_blocks
 
     share = torch.load(job, weights_only=False)
     device = torch.device(share["device"])
     settings = share["settings"]
     autocast = apply_global_state(share["state"], device)
-    for block, spec_args, spec_kwargs in share["variants"]:
-        block.to(device)
-        compiled = torch.compile(block.forward, mode=settings["mode"], backend=settings["backend"], dynamic=False)
-        args, kwargs = materialize(spec_args, device), materialize(spec_kwargs, device)
+    save_dir = Path(share["save_dir"]) if share.get("save_dir") else None
+    saved, not_saved = 0, []
+
+    def run(forward, args, kwargs) -> None:
         with autocast:
-            out = compiled(*args, **kwargs)
+            out = forward(*args, **kwargs)
         outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad]
         if outputs:
             torch.autograd.backward(outputs, [torch.randn_like(t) for t in outputs])
-    print(json.dumps({"graphs": counters["stats"]["unique_graphs"]}), flush=True)
+
+    for block, spec_args, spec_kwargs, key in share["variants"]:
+        block.to(device)
+        args, kwargs = materialize(spec_args, device), materialize(spec_kwargs, device)
+        if save_dir is not None:
+            path = save_dir / f"{key}.bin"
+            try:
+                with autocast:
+                    fn = saved_blocks.compile_and_save(block, args, kwargs, settings, path)
+                run(lambda *a, **k: fn(block, *a, **k), args, kwargs)  # a file is kept only for a variant that ran
+                saved += 1
+                continue
+            except Exception as exc:  # noqa: BLE001 - whatever torch's AOT precompile meets, torch.compile it
+                path.unlink(missing_ok=True)
+                not_saved.append(f"{type(block).__name__}: {type(exc).__name__}: {exc}"[:300])
+        run(torch.compile(block.forward, mode=settings["mode"], backend=settings["backend"], dynamic=False),
+            args, kwargs)
+    print(json.dumps({"graphs": counters["stats"]["unique_graphs"], "saved": saved, "not_saved": not_saved}),
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -148,6 +148,8 @@ class CompiledBlocks:
     SD 1.5 UNet share 4 traced variants (one per resolution) and its 22 ResNet blocks about 10; the rest reuse
     them. dynamic=False keeps each variant specialised to its shapes (dynamo would otherwise switch to symbolic
     shapes at the second variant, with slower kernels), and the recompile limit is raised to hold them all.
+    With compile workers, the variants they saved traced and compiled replace the blocks' torch.compile for the
+    calls those variants fit (saved_blocks.py: no tracing at a warm start).
     """
 
     RECOMPILE_LIMIT = 64
@@ -166,11 +168,15 @@ class CompiledBlocks:
 
     def __call__(self, *args, **kwargs):
         if self.compile_workers and self.precompiled is None:
+            from sdlora.train import saved_blocks
             from sdlora.train.compile_workers import precompile
 
             device = next(self.plain_module.parameters()).device
             self.precompiled = precompile(self.plain_module, [b for b, _ in self.blocks], args, kwargs,
-                                          settings=self.settings, wanted=self.compile_workers, device=device)
+                                          settings=self.settings, wanted=self.compile_workers, device=device,
+                                          save=saved_blocks.available(self.settings) and not is_distributed())
+            if self.precompiled.saved:  # loaded here, under this call's autocast: see saved_blocks.load
+                self.blocks, _ = saved_blocks.install(self.blocks, self.precompiled.saved, device.type)
         # An instance attribute `forward` shadows the class's for this call only.
         for block, compiled in self.blocks:
             block.forward = compiled
