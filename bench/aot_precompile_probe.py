@@ -10,6 +10,9 @@ compares with eager (`load`); `trace` is today's path (torch.compile per block) 
     python bench/aot_precompile_probe.py load  DIR [MODEL] [RESOLUTION] [BATCH]
     python bench/aot_precompile_probe.py trace DIR [MODEL] [RESOLUTION] [BATCH]   # twice: the second is warm
 
+PROBE_SHARE=I/N makes `save` compile only every N-th variant from the I-th (N processes side by side, as compile
+workers do); share 0 writes the block map and eager's reference.
+
 Prints one JSON line. Uses torch's private API as of torch 2.13; not part of sdlora.
 """
 
@@ -65,7 +68,9 @@ def main() -> None:
     batch = int(sys.argv[5]) if len(sys.argv) > 5 else 2
     out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+    # PROBE_AUTOCAST=1: bf16 autocast on the CPU too, as on the GPU.
+    autocast = torch.autocast(device, dtype=torch.bfloat16,
+                              enabled=device == "cuda" or os.environ.get("PROBE_AUTOCAST") == "1")
     cfg = config_from_dict({"model": model_ref, "data": {"dir": str(out), "resolution": resolution},
                             "network": {"rank": 4, "alpha": 4}})
     torch.manual_seed(0)
@@ -93,14 +98,24 @@ def main() -> None:
         grads = {n: p.grad.float().clone() for n, p in unet.named_parameters() if p.grad is not None}
         return y.float().detach(), grads, time.perf_counter() - start
 
+    def differences(y, grads) -> dict:
+        """Against eager's output and LoRA gradients saved by `save` (share 0), where there are any."""
+        if not (out / "eager.pt").exists():
+            return {}
+        reference = torch.load(out / "eager.pt")
+        grad_diff = max((grads[n] - g).abs().max().item() / (g.abs().max().item() + 1e-12)
+                        for n, g in reference["grads"].items())
+        return {"output_diff": (y - reference["y"]).abs().max().item(), "grad_rel_diff": grad_diff,
+                "grads": len(grads), "eager_grads": len(reference["grads"])}
+
     if mode == "trace":
         import torch._dynamo.config as dynamo_config
 
         dynamo_config.recompile_limit = 64
         for block in blocks:
             block.forward = torch.compile(block.forward, dynamic=False)
-        _, _, first = step()
-        print(json.dumps({"mode": mode, "first_call_s": round(first, 2)}), flush=True)
+        y, grads, first = step()
+        print(json.dumps({"mode": mode, "first_call_s": round(first, 2), **differences(y, grads)}), flush=True)
         return
     if mode == "save":
         from torch._dynamo.aot_compile import aot_compile_fullgraph
@@ -118,8 +133,9 @@ def main() -> None:
         variants: dict[str, list[int]] = {}
         for i, block in enumerate(blocks):
             variants.setdefault(variant_key(block, inputs[id(block)]), []).append(i)
+        share, shares = (int(v) for v in os.environ.get("PROBE_SHARE", "0/1").split("/"))
         start = time.perf_counter()
-        for indices in variants.values():
+        for indices in list(variants.values())[share::shares]:
             block = blocks[indices[0]]
             args, kwargs = inputs[id(block)]
             with autocast:
@@ -127,10 +143,11 @@ def main() -> None:
                                            Hooks(guard_filter_fn=keep_serializable),
                                            torch._TorchCompileInductorWrapper(None, None, False), dynamic=False)
             (out / f"variant-{indices[0]}.bin").write_bytes(type(fn).serialize(fn).serialized_data)
-        (out / "blocks.json").write_text(json.dumps({str(i): v[0] for v in variants.values() for i in v}))
         saved_s = time.perf_counter() - start
-        y, grads, _ = step()
-        torch.save({"y": y, "grads": grads}, out / "eager.pt")
+        if share == 0:
+            (out / "blocks.json").write_text(json.dumps({str(i): v[0] for v in variants.values() for i in v}))
+            y, grads, _ = step()
+            torch.save({"y": y, "grads": grads}, out / "eager.pt")
         print(json.dumps({"mode": mode, "blocks": len(blocks), "variants": len(variants),
                           "save_s": round(saved_s, 1)}), flush=True)
         return
@@ -142,17 +159,29 @@ def main() -> None:
     for i, block in enumerate(blocks):
         v = variant_of[str(i)]
         if v not in loaded:
-            loaded[v] = AOTCompiledFunction.deserialize(
-                (out / f"variant-{v}.bin").read_bytes(), f_globals=sys.modules[type(block).__module__].__dict__)
-        block.forward = (lambda fn, b: lambda *a, **k: fn(b, *a, **k))(loaded[v], block)
+            # Under the autocast the calls run in: the rebuilt tensor guards take the dispatch keys of the
+            # thread's state at this point (outside it they refuse every call: "dispatch key set mismatch").
+            with autocast:
+                loaded[v] = AOTCompiledFunction.deserialize(
+                    (out / f"variant-{v}.bin").read_bytes(), f_globals=sys.modules[type(block).__module__].__dict__)
+        block.forward = (lambda fn, b, i: lambda *a, **k: checked(fn, i, b, *a, **k))(loaded[v], block, i)
     load_s = time.perf_counter() - start
+    refused: dict[int, str] = {}
+
+    def checked(fn, index, *args, **kwargs):
+        """Call a loaded variant; where its guards refuse the call, note why and run it unchecked."""
+        if fn.guard_check(*args, **kwargs):
+            return fn(*args, **kwargs)
+        from torch._dynamo.aot_compile import bind_locals
+
+        f_locals = bind_locals(fn._artifacts.signature, *args, **kwargs)
+        refused[index] = str(fn._artifacts.guard_manager.check_verbose(f_locals))[:1500]
+        return fn.fn(*args, **kwargs)  # the compiled code without its guard check
+
     y, grads, first = step()
-    reference = torch.load(out / "eager.pt")
-    grad_diff = max((grads[n] - g).abs().max().item() / (g.abs().max().item() + 1e-12)
-                    for n, g in reference["grads"].items())
     print(json.dumps({"mode": mode, "variants": len(loaded), "load_s": round(load_s, 2),
-                      "first_call_s": round(first, 2), "output_diff": (y - reference["y"]).abs().max().item(),
-                      "grad_rel_diff": grad_diff, "grads": len(grads), "eager_grads": len(reference["grads"])}))
+                      "first_call_s": round(first, 2), **differences(y, grads),
+                      "refused": len(refused), "refused_reasons": sorted(set(refused.values()))[:4]}))
 
 
 if __name__ == "__main__":

@@ -18,12 +18,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def compile_counters() -> dict:
-    """dynamo's, AOTAutograd's and inductor's counters (the compile caches' hits and misses); {} when nothing
-    compiled in this process (importing torch at exit to read them can fail)."""
+    """dynamo's, AOTAutograd's, inductor's and sdlora's counters (the compile caches' hits and misses; the saved
+    block variants loaded and called, sdlora/train/saved_blocks.py); {} when nothing compiled in this process
+    (importing torch at exit to read them can fail)."""
     dynamo_utils = sys.modules.get("torch._dynamo.utils")
     if dynamo_utils is None:
         return {}
-    return {k: dict(v) for k, v in dynamo_utils.counters.items() if k in ("stats", "inductor", "aot_autograd")}
+    parts = ("stats", "inductor", "aot_autograd", "sdlora", "sdlora_refusal")
+    return {k: dict(v) for k, v in dynamo_utils.counters.items() if k in parts}
 
 
 def write_times(out: Path, started: float) -> None:

@@ -331,7 +331,8 @@ def stage_precompile(args) -> dict:
 
 def compile_workers_done(cache: Path) -> list:
     """What train.compile_workers recorded in the cache (compile_workers.Report.mark_warm): variants, workers, s."""
-    return [json.loads(p.read_text()) for p in sorted((cache / "inductor" / "sdlora-blocks").glob("*"))]
+    return [json.loads(p.read_text()) for p in sorted((cache / "inductor" / "sdlora-blocks").glob("*"))
+            if p.is_file()]  # not the saved variants' folders beside them
 
 
 def stage_first_step_blocks(args, cache: str = "cache-blocks", cuda_graphs: str = "auto",
@@ -363,6 +364,17 @@ def stage_first_step_blocks(args, cache: str = "cache-blocks", cuda_graphs: str 
         pstats.Stats(str(profile), stream=text).sort_stats("cumulative").print_stats(45)
         result["warm_profile_top"] = text.getvalue()[-9000:]
     return result
+
+
+def unsaved(stage):
+    """Run `stage` with the saved block variants switched off for the `sdlora train` processes it starts."""
+    from sdlora.train.saved_blocks import OFF_SWITCH
+
+    os.environ[OFF_SWITCH] = "1"
+    try:
+        return stage()
+    finally:
+        del os.environ[OFF_SWITCH]
 
 
 SMOKE_RUN_S = 150  # one small compile and 30 steps take ~20-80 s; a hang past this leaves its tracebacks
@@ -587,6 +599,10 @@ def stage_functions() -> dict:
     # Both starts under bench/stack_sampler.py: where each one's wall time goes, without cProfile's slow-down.
     stages["first-step-blocks-step-sampled"] = (180, lambda a: stage_first_step_blocks(  # 139-177 s (round 8)
         a, "cache-blocks-step", "step", profiled=False, sampled=True))
+    # Beside the sampled stage in the same call: blocks traced by dynamo at each start, as before the saved variants
+    # (sdlora/train/saved_blocks.py), cold and warm in a cache of their own.
+    stages["first-step-blocks-step-unsaved"] = (150, lambda a: unsaved(lambda: stage_first_step_blocks(
+        a, "cache-blocks-step-unsaved", "step", profiled=False)))
     stages["step-smoke"] = (120, stage_step_smoke)
     stages["step-smoke-run"] = (SMOKE_RUN_S, stage_step_smoke_run)  # a child of step-smoke
     stages["memory"] = (150, stage_memory)
@@ -646,7 +662,7 @@ def summary_table(state: dict) -> str:
                 {m: ({k: v for k, v in r.items() if k != "losses_head"} if isinstance(r, dict) else r)
                  for m, r in rows.items()})[:600])
     for name in ("fp8-first-step", "first-step-blocks", "first-step-blocks-step", "first-step-blocks-step-sampled",
-                 "sdxl-first-step", "sdxl-first-step-sampled", "sdxl-timed"):
+                 "first-step-blocks-step-unsaved", "sdxl-first-step", "sdxl-first-step-sampled", "sdxl-timed"):
         if state.get(name, {}).get("result"):
             shown = {k: v for k, v in state[name]["result"].items()
                      if k != "warm_profile_top" and not k.endswith("_sampled")}
