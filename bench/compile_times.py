@@ -24,7 +24,7 @@ def compile_counters() -> dict:
     dynamo_utils = sys.modules.get("torch._dynamo.utils")
     if dynamo_utils is None:
         return {}
-    parts = ("stats", "inductor", "aot_autograd", "sdlora", "sdlora_refusal")
+    parts = ("stats", "inductor", "aot_autograd", "sdlora", "saved_block_refusals")
     return {k: dict(v) for k, v in dynamo_utils.counters.items() if k in parts}
 
 

@@ -394,7 +394,7 @@ def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: in
             # Graphs dynamo traced in this start, and the saved block variants it loaded and called instead.
             result[f"{attempt}_traced"] = {"dynamo_graphs": found.get("stats", {}).get("unique_graphs", 0),
                                            **found.get("sdlora", {}),
-                                           **({"refusals": found["sdlora_refusal"]} if "sdlora_refusal" in found else {})}
+                                           **({"refusals": found["saved_block_refusals"]} if "saved_block_refusals" in found else {})}
         # Split: process start -> `start` event (imports, model load, data check, caches) and the rest (the first
         # step: compile or compile-cache load, CUDA-graph recording).
         started = next(json.loads(line)["time"] for line in events.read_text().splitlines()

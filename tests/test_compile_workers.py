@@ -140,16 +140,15 @@ def test_blocks_that_cannot_be_handed_over_are_compiled_here(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("saved", [True, False], ids=["saved", "unsaved"])
-def test_the_trainers_compile_loads_what_the_workers_compiled(tmp_path, monkeypatch, saved):
-    """With inductor (the GPU's compiler; C++ kernels on the CPU): after the workers, the trainer's process loads
-    each variant they saved and traces none (saved_blocks.py), or, with saving off, finds every graph in the
-    cache and compiles none itself. Two variants of the tiny UNet keep it to a minute."""
+def test_the_trainers_compile_loads_what_the_workers_compiled(tmp_path, monkeypatch):
+    """With inductor (the GPU's compiler; C++ kernels on the CPU) and saving off (as under CUDA graph trees):
+    after the workers, the trainer's process finds every graph in the cache and compiles none itself. Two
+    variants of the tiny UNet keep it to a minute. (The saved path: test_saved_blocks.py, with aot_eager, which
+    keeps the suite's time; inductor's saved variants are timed on the GPU, docs/PERFORMANCE.md round nine.)"""
     from sdlora.train.saved_blocks import OFF_SWITCH
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    if not saved:
-        monkeypatch.setenv(OFF_SWITCH, "1")
+    monkeypatch.setenv(OFF_SWITCH, "1")
     components, config = lora_unet()
     unet = components.unet.train()
     objective = DenoisingObjective(components.noise_scheduler, config.train)
@@ -172,10 +171,6 @@ def test_the_trainers_compile_loads_what_the_workers_compiled(tmp_path, monkeypa
     assert view.precompiled.workers == 2 and view.precompiled.compiled == 2, view.precompiled
     assert loss.item() == pytest.approx(objective(unet, latents, text, torch.Generator().manual_seed(7)).mean().item(),
                                         rel=1e-5)
-    if saved:
-        assert counters["sdlora"]["saved_variants_loaded"] == 2 and counters["sdlora"]["saved_variant_calls"] == 2
-        assert counters["stats"]["unique_graphs"] == 0 and not counters["sdlora_refusal"]
-        return
     assert not view.precompiled.saved
     assert counters["aot_autograd"]["autograd_cache_hit"] == 2, dict(counters["aot_autograd"])
     assert counters["aot_autograd"]["autograd_cache_miss"] == 0

@@ -112,7 +112,7 @@ def test_a_saved_variant_holds_at_another_cpu_thread_count(tmp_path):
         out = tensor(forward(*args, **kwargs))
     finally:
         torch.set_num_threads(threads)
-    assert counters["sdlora"]["saved_variant_calls"] == 1, dict(counters["sdlora_refusal"])
+    assert counters["sdlora"]["saved_variant_calls"] == 1, dict(counters["saved_block_refusals"])
     assert torch.allclose(out, tensor(block.forward(*args, **kwargs)), atol=1e-6)
 
 

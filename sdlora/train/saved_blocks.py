@@ -148,7 +148,7 @@ class SavedForward:
         counters["sdlora"]["saved_variant_refusals"] += 1
         if not self.refused:  # why, once per block (a bucket's other shapes are expected; a refusal of all is not)
             self.refused = True
-            counters["sdlora_refusal"][self.reason(args, kwargs)[:300]] += 1
+            counters["saved_block_refusals"][self.reason(args, kwargs)[:300]] += 1
         return self.compiled(*args, **kwargs)
 
     def reason(self, args: tuple, kwargs: dict) -> str:
