@@ -13,7 +13,9 @@ compares with eager (`load`); `trace` is today's path (torch.compile per block) 
 PROBE_SHARE=I/N makes `save` compile only every N-th variant from the I-th (N processes side by side, as compile
 workers do); share 0 writes the block map and eager's reference.
 
-Prints one JSON line. Uses torch's private API as of torch 2.13; not part of sdlora.
+Prints one JSON line. Saves and loads through sdlora/train/saved_blocks.py (torch's private API, 2.11-2.13);
+round nine's figures were taken with the probe's own copy of that code, before it left out dynamo's global-state
+guard and compared the inlined sources.
 """
 
 from __future__ import annotations
@@ -28,10 +30,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-# Guards that cannot be serialized: a loaded function checks the rest; the variant key stands for these.
-UNSERIALIZABLE = ("ID_MATCH", "CLOSURE_MATCH", "FUNCTION_MATCH", "NN_MODULE", "TYPE_MATCH_ID")
-
 
 def detached(value):
     return value.detach().requires_grad_(value.requires_grad) if isinstance(value, torch.Tensor) else value
@@ -49,16 +47,9 @@ def variant_key(block, inputs) -> str:
                  [describe(v) for v in args], sorted((k, describe(v)) for k, v in kwargs.items())))
 
 
-def keep_serializable(entries):
-    from torch._dynamo.guards import CheckFunctionManager
-
-    unsupported = set(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES) | set(UNSERIALIZABLE)
-    return [not (g.is_global or g.guard_type in unsupported or unsupported & set(g.derived_guard_types or ()))
-            for g in entries]
-
-
 def main() -> None:
     from sdlora.config import config_from_dict
+    from sdlora.train import saved_blocks
     from sdlora.train.compiled import is_repeated_block, persist_compile_cache
     from sdlora.train.model_setup import setup_model
 
@@ -118,9 +109,6 @@ def main() -> None:
         print(json.dumps({"mode": mode, "first_call_s": round(first, 2), **differences(y, grads)}), flush=True)
         return
     if mode == "save":
-        from torch._dynamo.aot_compile import aot_compile_fullgraph
-        from torch._dynamo.hooks import Hooks
-
         inputs = {}
         hooks = [b.register_forward_pre_hook(lambda m, a, k: inputs.setdefault(id(m), (a, k)), with_kwargs=True)
                  for b in blocks]
@@ -139,10 +127,8 @@ def main() -> None:
             block = blocks[indices[0]]
             args, kwargs = inputs[id(block)]
             with autocast:
-                fn = aot_compile_fullgraph(type(block).forward, ((block, *args), kwargs),
-                                           Hooks(guard_filter_fn=keep_serializable),
-                                           torch._TorchCompileInductorWrapper(None, None, False), dynamic=False)
-            (out / f"variant-{indices[0]}.bin").write_bytes(type(fn).serialize(fn).serialized_data)
+                saved_blocks.compile_and_save(block, args, kwargs, {"mode": None, "backend": "inductor"},
+                                              out / f"variant-{indices[0]}.bin")
         saved_s = time.perf_counter() - start
         if share == 0:
             (out / "blocks.json").write_text(json.dumps({str(i): v[0] for v in variants.values() for i in v}))
@@ -151,32 +137,24 @@ def main() -> None:
         print(json.dumps({"mode": mode, "blocks": len(blocks), "variants": len(variants),
                           "save_s": round(saved_s, 1)}), flush=True)
         return
-    from torch._dynamo.aot_compile import AOTCompiledFunction
-
     start = time.perf_counter()
     variant_of = json.loads((out / "blocks.json").read_text())
     loaded = {}
     for i, block in enumerate(blocks):
         v = variant_of[str(i)]
         if v not in loaded:
-            # Under the autocast the calls run in: the rebuilt tensor guards take the dispatch keys of the
-            # thread's state at this point (outside it they refuse every call: "dispatch key set mismatch").
-            with autocast:
-                loaded[v] = AOTCompiledFunction.deserialize(
-                    (out / f"variant-{v}.bin").read_bytes(), f_globals=sys.modules[type(block).__module__].__dict__)
+            with autocast:  # the calls' autocast: see saved_blocks.load
+                loaded[v] = saved_blocks.load(out / f"variant-{v}.bin", block)
         block.forward = (lambda fn, b, i: lambda *a, **k: checked(fn, i, b, *a, **k))(loaded[v], block, i)
     load_s = time.perf_counter() - start
     refused: dict[int, str] = {}
 
     def checked(fn, index, *args, **kwargs):
-        """Call a loaded variant; where its guards refuse the call, note why and run it unchecked."""
-        if fn.guard_check(*args, **kwargs):
-            return fn(*args, **kwargs)
-        from torch._dynamo.aot_compile import bind_locals
-
-        f_locals = bind_locals(fn._artifacts.signature, *args, **kwargs)
-        refused[index] = str(fn._artifacts.guard_manager.check_verbose(f_locals))[:1500]
-        return fn.fn(*args, **kwargs)  # the compiled code without its guard check
+        """Call a loaded variant (its own guard check is off); where its guards refuse the call, note why."""
+        if not fn.guard_check(*args, **kwargs):
+            f_locals = fn.prepare_f_locals(*args, **kwargs)
+            refused[index] = str(fn._artifacts.guard_manager.check_verbose(f_locals))[:1500]
+        return fn(*args, **kwargs)
 
     y, grads, first = step()
     print(json.dumps({"mode": mode, "variants": len(loaded), "load_s": round(load_s, 2),

@@ -392,9 +392,10 @@ def time_to_first_step(model_dir: Path, data_dir: Path, out_dir: Path, batch: in
             result[f"{attempt}_caches"] = {k: v for part in ("aot_autograd", "inductor")
                                            for k, v in found.get(part, {}).items() if "cache" in k and "async" not in k}
             # Graphs dynamo traced in this start, and the saved block variants it loaded and called instead.
-            result[f"{attempt}_traced"] = {"dynamo_graphs": found.get("stats", {}).get("unique_graphs", 0),
-                                           **found.get("sdlora", {}),
-                                           **({"refusals": found["saved_block_refusals"]} if "saved_block_refusals" in found else {})}
+            traced = {"dynamo_graphs": found.get("stats", {}).get("unique_graphs", 0), **found.get("sdlora", {})}
+            if "saved_block_refusals" in found:  # why each block first went to torch.compile
+                traced["refusals"] = found["saved_block_refusals"]
+            result[f"{attempt}_traced"] = traced
         # Split: process start -> `start` event (imports, model load, data check, caches) and the rest (the first
         # step: compile or compile-cache load, CUDA-graph recording).
         started = next(json.loads(line)["time"] for line in events.read_text().splitlines()

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from sdlora.train import compile_workers, saved_blocks
-from sdlora.train.compiled import CompiledBlocks, compile_step_model
+from sdlora.train import saved_blocks
+from sdlora.train.compiled import compile_step_model
 from test_compile_workers import fixed_batch, unet_call
 from test_compiled import lora_unet
 
@@ -202,12 +202,3 @@ def test_workers_save_every_variant_and_the_next_start_traces_none(tmp_path, mon
         assert loss == pytest.approx(eager, rel=1e-6), start
         assert all(torch.allclose(g, e, atol=1e-6) for g, e in zip(grads, eager_grads)), start
 
-
-def test_a_view_without_workers_saves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    unet = lora_unet()[0].unet.train()
-    view = CompiledBlocks(unet, None, "aot_eager")
-    args, kwargs = unet_call(unet)
-    view(*args, **kwargs)
-    assert view.precompiled is None and not (tmp_path / "inductor" / "sdlora-blocks").exists()
-    assert compile_workers.saved_files(tmp_path / "inductor" / "sdlora-blocks" / "nothing") == {}

@@ -337,10 +337,11 @@ def precompile(model, blocks, args, kwargs, *, settings: dict, wanted: int, devi
                 report.compiled += done["graphs"]  # a saved variant is one of dynamo's graphs too
                 report.not_saved += done.get("not_saved", [])
     if save_to is not None:
-        names = {str(i): f"{v.key}.bin" for v in variants for i in v.members if (save_to / f"{v.key}.bin").is_file()}
-        if names:
-            write_text(save_to / "blocks.json", json.dumps(names, sort_keys=True))
-            report.saved = saved_files(marker)
+        files = [(v, save_to / f"{v.key}.bin") for v in variants]
+        report.saved = {i: path for v, path in files if path.is_file() for i in v.members}
+        if report.saved:
+            write_text(save_to / "blocks.json",
+                       json.dumps({str(i): path.name for i, path in report.saved.items()}, sort_keys=True))
     report.seconds = round(time.perf_counter() - start, 1)
     if report.failed:
         warnings.warn(f"train.compile_workers: {len(report.failed)} of {count} compile workers failed "

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch._dynamo.utils import counters  # beside dynamo's own: bench/compile_times.py writes them
 
 from sdlora.atomic import atomic_path
 
@@ -140,8 +141,6 @@ class SavedForward:
         self.refused = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from torch._dynamo.utils import counters  # beside dynamo's own: bench/compile_times.py writes them
-
         if call_state(self.device_type) == self.state and self.saved.guard_check(self.block, *args, **kwargs):
             counters["sdlora"]["saved_variant_calls"] += 1
             return self.saved(self.block, *args, **kwargs)
@@ -183,8 +182,6 @@ def install(blocks: list[tuple[torch.nn.Module, Callable]], files: dict[int, Pat
                 problems.append(f"{path.name}: {type(exc).__name__}: {exc}"[:300])
         saved = loaded[path]
         result.append((block, compiled if saved is None else SavedForward(block, saved, compiled, device_type)))
-    from torch._dynamo.utils import counters
-
     counters["sdlora"]["saved_variants_loaded"] += sum(fn is not None for fn in loaded.values())
     if problems:
         warnings.warn(f"train.compile: {len(problems)} saved block variant(s) could not be loaded ({problems[0]}); "
