@@ -12,6 +12,7 @@ optimizer.found_inf  # torch's fused AdamW reads it to skip a non-finite step
 added  # a dataclass field of a queue job, written to queue.json
 torch.backends.cuda.matmul.allow_tf32  # torch reads these two switches (scripts/pretrain_tiny.py)
 torch.backends.cudnn.benchmark
+pytest_configure
 pytest_collection_modifyitems  # pytest hooks and markers, called by pytest
 pytestmark
 own_cache  # an autouse fixture
