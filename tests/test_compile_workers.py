@@ -178,6 +178,7 @@ def test_the_trainers_compile_loads_what_the_workers_compiled(tmp_path, monkeypa
     state = compile_workers.global_state(cpu)
     bigger = tuple(a.repeat(2, *[1] * (a.dim() - 1)) if torch.is_tensor(a) else a for a in args)
     bigger_kwargs = {k: v.repeat(2, *[1] * (v.dim() - 1)) if torch.is_tensor(v) else v for k, v in kwargs.items()}
+    key = compile_workers.run_key(model, blocks, args, kwargs, options["settings"], state, cpu)
+    assert compile_workers.marker_path(key).is_file()  # the key the start wrote its marker under
     other = compile_workers.run_key(model, blocks, bigger, bigger_kwargs, options["settings"], state, cpu)
-    assert other != compile_workers.run_key(model, blocks, args, kwargs, options["settings"], state, cpu)
-    assert not compile_workers.marker_path(other).is_file()
+    assert other != key and not compile_workers.marker_path(other).is_file()
