@@ -59,8 +59,7 @@ FEATURES = ("train.ema=true", "data.validation_split=0.125", "train.validate_eve
 LOCON = ("network.targets=[to_q,to_k,to_v,to_out.0,proj_in,proj_out,conv1,conv2]", "network.conv_rank=8",
          "network.conv_alpha=4")
 DYLORA = ("network.type=dylora", "network.dylora_unit=4")
-STEP = ("train.cuda_graphs=step",)
-CUDNN = ("train.cudnn_benchmark=on",)  # the whole step as one CUDA graph (round six; sdlora/train/step_graph.py)
+STEP = ("train.cuda_graphs=step",)  # the whole step as one CUDA graph (round six; sdlora/train/step_graph.py)
 TIMED = [  # (name, batch, base_precision, seed, --set overrides, --val, profiled steps)
     ("timed-bf16-b8-s42", 8, "auto", 42, (), True, 0),
     ("timed-ema-val-b8", 8, "auto", 42, FEATURES, False, 0),
@@ -87,15 +86,6 @@ TIMED = [  # (name, batch, base_precision, seed, --set overrides, --val, profile
     ("timed-step-b32", 32, "auto", 42, STEP, True, 0),
     ("timed-step-blocks-b8", 8, "auto", 42, STEP, False, 0),  # compile: blocks, after first-step-blocks-step
     ("timed-step-dora-b8", 8, "auto", 42, STEP + ("network.type=dora",), False, 0),
-    # Round eleven: cuDNN timing its convolution algorithms (train.cudnn_benchmark), and inductor's autotuning
-    # (train.compile_autotune), each against the timed-step row of its batch in the same call.
-    ("timed-step-b8-cudnn", 8, "auto", 42, STEP + CUDNN, True, 0),
-    ("timed-step-b32-cudnn", 32, "auto", 42, STEP + CUDNN, True, 0),
-    ("timed-step-b32-cl-cudnn", 32, "auto", 42, STEP + CUDNN + ("train.channels_last=on",), True, 0),
-    ("timed-step-b8-autotune", 8, "auto", 42, STEP + ("train.compile_autotune=matmuls",), True, 0),
-    ("timed-step-b8-autotune-all", 8, "auto", 42, STEP + ("train.compile_autotune=all",), True, 0),
-    ("timed-step-b8-autotune-cudnn", 8, "auto", 42, STEP + CUDNN + ("train.compile_autotune=matmuls",), True, 0),
-    ("timed-step-b32-autotune-cudnn", 32, "auto", 42, STEP + CUDNN + ("train.compile_autotune=matmuls",), True, 0),
     ("timed-bf16-b8-s7", 8, "auto", 7, (), True, 0),
     ("timed-bf16-b32-s42", 32, "auto", 42, (), True, 0),
     ("timed-fp8-b32-s42", 32, "fp8", 42, (), True, 0),
@@ -118,12 +108,7 @@ COMPILE_CONFIGS = {"b8-lora": (8, "auto", ()), "b1-lora": (1, "auto", ()), "b8-d
                    "b8-dylora": (8, "auto", DYLORA), "b1-cl": (1, "auto", CL), "b8-cl": (8, "auto", CL),
                    "b32-cl": (32, "auto", CL), "b1-nchw": (1, "auto", NCHW), "b8-nchw": (8, "auto", NCHW),
                    "b1-step": (1, "auto", STEP), "b8-step": (8, "auto", STEP), "b32-step": (32, "auto", STEP),
-                   "b8-dora-step": (8, "auto", STEP + ("network.type=dora",)),
-                   "b32-cl-step": (32, "auto", STEP + ("train.channels_last=on",))}
-# Timed stages that compile their own graph (an autotuned compile is cached apart from the plain one): the
-# seconds their estimate allows, the first compile and its autotuning included.
-COLD_TIMED = {"timed-step-b8-autotune": 330, "timed-step-b8-autotune-all": 420, "timed-step-b8-autotune-cudnn": 60,
-              "timed-step-b32-autotune-cudnn": 330}
+                   "b8-dora-step": (8, "auto", STEP + ("network.type=dora",))}
 PRECOMPILE = ["b8-lora", "b1-lora", "b8-dora"]  # --precompile picks others
 MEMORY_RUNS = [  # (label, gradient checkpointing, base_precision, --set overrides): batch 1, eager
     ("lora", False, "auto", ()), ("lora", True, "auto", ()), ("locon", True, "auto", LOCON),
@@ -622,7 +607,7 @@ def stage_functions() -> dict:
     stages["step-smoke-run"] = (SMOKE_RUN_S, stage_step_smoke_run)  # a child of step-smoke
     stages["memory"] = (150, stage_memory)
     for name, batch, precision, seed, sets, val, profile in TIMED:
-        stages[name] = (COLD_TIMED.get(name, 60 if batch < 32 else 80),
+        stages[name] = (60 if batch < 32 else 80,
                         lambda a, n=name, b=batch, p=precision, s=seed, o=sets, v=val, f=profile:
                         stage_timed(a, n, b, p, s, o, v, f))
     stages["types-eager"] = (150, stage_types_eager)

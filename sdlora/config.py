@@ -224,15 +224,6 @@ class TrainConfig:
         "auto", help="channels-last memory layout for the UNet's convolutions on CUDA (cuDNN then skips a layout "
                      "copy around each one); auto: on with compile on and batch <= 8, where it measured faster "
                      "(SD 1.5 on an H200: +2.6% at batch 8; -4% at batch 32)", group="Precision and speed")
-    cudnn_benchmark: Literal["auto", "on", "off"] = opt(
-        "auto", help="on a GPU, let cuDNN time its algorithms for each convolution shape the run meets and keep the "
-                     "fastest (torch.backends.cudnn.benchmark; a fraction of a second per new shape, once per "
-                     "process); auto: off, cuDNN's heuristics choose", group="Precision and speed")
-    compile_autotune: Literal["off", "matmuls", "all"] = opt(
-        "off", help="with compile, inductor times several kernels for each matmul (matmuls), or also each "
-                    "convolution and the launch settings of its fused kernels (all), and keeps the fastest; the "
-                    "first compile takes minutes longer, once per shape (cached like the compile itself)",
-        group="Precision and speed")
     report_every: int = opt(0, min=0, max=10000,
                             help="steps between loss read-backs (0: every step on the CPU, every 10 on a GPU, so "
                                  "the GPU never waits for the host)", group="Logging")

@@ -25,7 +25,6 @@ RULES: dict[str, Rule] = {
     "data.reg_weight": ("data.reg_dir", _on),
     "data.keep_tokens": ("data.shuffle_tags", _on),
     "train.cuda_graphs": ("train.compile", lambda v: v != "off"),
-    "train.compile_autotune": ("train.compile", lambda v: v != "off"),
     # As sdlora.train.optim.default_kwargs passes them: lion takes beta1 only, adafactor and came neither.
     "train.adam_beta1": ("train.optimizer", lambda v: str(v).startswith(("adamw", "prodigy", "lion"))),
     "train.adam_beta2": ("train.optimizer", lambda v: str(v).startswith(("adamw", "prodigy"))),

@@ -77,34 +77,6 @@ def use_channels_last(train: TrainConfig, device: torch.device) -> bool:
     return train.compile in ("on", "auto") and train.batch_size <= 8
 
 
-def use_cudnn_benchmark(train: TrainConfig, device: torch.device) -> bool:
-    """train.cudnn_benchmark: on (CUDA only), off, or auto: off, cuDNN's own heuristics pick each convolution's
-    algorithm (torch's default)."""
-    return device.type == "cuda" and train.cudnn_benchmark == "on"
-
-
-# inductor's settings behind train.compile_autotune. max_autotune_gemm: each matmul is timed against inductor's Triton
-# templates; max_autotune adds the convolutions; coordinate_descent_tuning searches the block sizes and warps of
-# each fused pointwise/reduction kernel from its heuristic choice.
-AUTOTUNE = {"off": {}, "matmuls": {"max_autotune_gemm": True},
-            "all": {"max_autotune": True, "coordinate_descent_tuning": True}}
-_inductor_before: dict[str, object] = {}  # the values sdlora found, restored for a later run that asks for less
-
-
-def set_compile_autotune(level: str) -> None:
-    """Set inductor's autotuning for the compiles that follow in this process. Process-wide, as inductor's config
-    is: the compile workers copy it (compile_workers.global_state), and the compile caches key on it, so an
-    autotuned graph and a plain one are cached apart."""
-    import torch._inductor.config as inductor_config
-
-    wanted = AUTOTUNE[level]
-    for name in {name for flags in AUTOTUNE.values() for name in flags}:
-        _inductor_before.setdefault(name, getattr(inductor_config, name))
-        value = wanted.get(name, _inductor_before[name])
-        if getattr(inductor_config, name) != value:
-            setattr(inductor_config, name, value)
-
-
 def needs_gradient_buffer(cuda_graphs: bool, train: TrainConfig) -> bool:
     """Whether LoRA gradients must live in one flat buffer the trainer owns (distributed.GradientSync): for the
     all-reduce of data parallelism, and under CUDA graphs when micro-batches accumulate (module docstring).

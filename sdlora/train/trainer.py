@@ -25,9 +25,8 @@ from sdlora.errors import SdloraError
 from sdlora.events import EventBus
 from sdlora.network import count_parameters, dylora_ranks, extract_adapter, load_into, lora_parameters
 from sdlora.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from sdlora.train.compiled import (compile_step_model, mark_step_begin, needs_gradient_buffer, set_compile_autotune,
-                                   use_channels_last, use_compile, use_cuda_graphs, use_cudnn_benchmark,
-                                   use_whole_step_graph)
+from sdlora.train.compiled import (compile_step_model, mark_step_begin, needs_gradient_buffer, use_channels_last,
+                                   use_compile, use_cuda_graphs, use_whole_step_graph)
 from sdlora.train.distributed import GradientSync, any_process, is_distributed, mean_across_processes
 from sdlora.train.encode import BatchEncoder, set_vae_memory, with_time_ids
 from sdlora.train.fp8 import check_fp8_supported, convert_frozen_linears
@@ -222,12 +221,9 @@ class Trainer:
         # LoRA gradients are averaged with one all-reduce per step (distributed.py), which CUDA graphs allow.
         self.unet = c.unet
         self.optimizer = self.accelerator.prepare(self.optimizer)
-        if self.device.type == "cuda":  # process-wide, as torch has it: set for each run from its config
-            torch.backends.cudnn.benchmark = use_cudnn_benchmark(cfg.train, self.device)
         # The training step runs a compiled view of the UNet (same parameters); sampling and saving use the
         # plain module, so other shapes (CFG batches at sampling) never trigger recompilation of the step.
         if use_compile(cfg.train, self.device):
-            set_compile_autotune(cfg.train.compile_autotune)
             self.step_unet = compile_step_model(self.unet, self.cuda_graphs, scope=cfg.train.compile,
                                                 compile_workers=cfg.train.compile_workers)
         else:
