@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 def pytest_configure(config):
     # `-n 2 --dist loadfile` hands whole files to the two workers. xdist queues the files with the most tests first
-    # by default, which put the two one-test concept files (2-2.5 min each on the CI machine) last, one after the
+    # by default, which put the one-test concept files (2-2.5 min each on the CI machine) last, one after the
     # other on one worker while the other sat idle: ~2.5 min of a 19-min CI run. The collection order instead,
     # which the hook below makes the slow files' first.
     if hasattr(config.option, "loadscopereorder"):  # pytest-xdist's --no-loadscope-reorder
