@@ -111,6 +111,24 @@ def test_nonfinite_losses_skip_steps_then_stop_with_an_error(shapes_dir, tmp_pat
     assert not (tmp_path / "out" / "t" / "t.safetensors").exists()
 
 
+def _cli(capsys, monkeypatch, tmp_path: Path, *argv) -> tuple[int, str, str]:
+    """`sdlora ...` in this process, from tmp_path: (exit code, stdout, stderr). The command's own code, without the
+    ~10 s a new process spends importing torch and diffusers on the CI machine; what only a process shows (a signal,
+    the exit status) is tested with `_run_cli`. train's SIGINT/SIGTERM handlers are put back afterwards, or this
+    worker would ignore the SIGTERM that ends it."""
+    from sdlora.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = main([str(a) for a in argv])
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def _run_cli(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "sdlora.cli", *args], cwd=cwd, env=env,
@@ -134,10 +152,9 @@ save: {{every: 1000, output_dir: {tmp_path / 'outputs'}}}
     return preset
 
 
-# Ctrl-C and --resume end on the adapter of an uninterrupted run, bit for bit: three `sdlora train` processes.
-def test_sigint_then_resume_gives_a_bitwise_identical_adapter(shapes_dir, tmp_path):
-    full = _run_cli(["train", "--preset", str(_preset(tmp_path, shapes_dir, "full", 40))], tmp_path)
-    # Meanwhile: the same run, interrupted by SIGINT part-way.
+# Ctrl-C and --resume end on the adapter of an uninterrupted run, bit for bit: two `sdlora train` processes (the
+# interrupted one and its resume), and the uninterrupted run in this one.
+def test_sigint_then_resume_gives_a_bitwise_identical_adapter(shapes_dir, tmp_path, capsys, monkeypatch):
     part = _run_cli(["train", "--preset", str(_preset(tmp_path, shapes_dir, "part", 40))], tmp_path)
     events_file = tmp_path / "outputs" / "part" / "events.jsonl"
     deadline = time.time() + 600
@@ -154,10 +171,11 @@ def test_sigint_then_resume_gives_a_bitwise_identical_adapter(shapes_dir, tmp_pa
     assert (tmp_path / "outputs" / "part" / "part.safetensors").is_file()
 
     resumed = _run_cli(["train", "--resume", str(tmp_path / "outputs" / "part")], tmp_path)
+    # Meanwhile: the same run, uninterrupted.
+    code, _, err1 = _cli(capsys, monkeypatch, tmp_path, "train", "--preset", _preset(tmp_path, shapes_dir, "full", 40))
+    assert code == 0, err1
     _, err2 = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err2
-    _, err1 = full.communicate(timeout=300)
-    assert full.returncode == 0, err1
 
     a = load_file(tmp_path / "outputs" / "full" / "full.safetensors")
     b = load_file(tmp_path / "outputs" / "part" / "part.safetensors")
@@ -186,12 +204,11 @@ def test_each_network_type_resumes_to_a_bitwise_identical_adapter(shapes_dir, tm
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_events_follow_the_contract(shapes_dir, tmp_path):
+def test_events_follow_the_contract(shapes_dir, tmp_path, capsys, monkeypatch):
     preset = _preset(tmp_path, shapes_dir, "ev", 6)
-    proc = _run_cli(["train", "--preset", str(preset), "--set", "sample.prompts=[a red circle]",
-                     "--set", "sample.every=3", "--set", "sample.steps=2", "--set", "save.every=3"], tmp_path)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
+    code, _, err = _cli(capsys, monkeypatch, tmp_path, "train", "--preset", preset, "--set", "sample.prompts=[a red circle]",
+                        "--set", "sample.every=3", "--set", "sample.steps=2", "--set", "save.every=3")
+    assert code == 0, err
     run = tmp_path / "outputs" / "ev"
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     assert all(e["event"] in EVENT_KINDS and isinstance(e["time"], float) for e in events)
@@ -218,7 +235,7 @@ def test_events_follow_the_contract(shapes_dir, tmp_path):
                for k in keys)
 
 
-def test_cli_errors_are_one_line_with_exit_code_2(shapes_dir, tmp_path):
+def test_cli_errors_are_one_line_with_exit_code_2(shapes_dir, tmp_path, capsys, monkeypatch):
     preset = _preset(tmp_path, shapes_dir, "bad", 5)
     cases = [
         (["--set", "train.setps=5"], "did you mean 'train.steps'"),
@@ -227,33 +244,30 @@ def test_cli_errors_are_one_line_with_exit_code_2(shapes_dir, tmp_path):
         (["--set", "network.rank=0"], "network.rank: 0 is out of range"),
     ]
     for extra, message in cases:
-        proc = _run_cli(["train", "--preset", str(preset), *extra], tmp_path)
-        _, err = proc.communicate(timeout=120)
+        code, _, err = _cli(capsys, monkeypatch, tmp_path, "train", "--preset", preset, *extra)
         lines = err.strip().splitlines()
-        assert proc.returncode == 2, (extra, err)
+        assert code == 2, (extra, err)
         assert len(lines) == 1 and lines[0].startswith("sdlora train: error:") and message in lines[0], (extra, err)
         assert "Traceback" not in err
 
 
-def test_dry_run_prints_the_plan_and_writes_nothing(shapes_dir, tmp_path):
+def test_dry_run_prints_the_plan_and_writes_nothing(shapes_dir, tmp_path, capsys, monkeypatch):
     preset = _preset(tmp_path, shapes_dir, "dry", 50)
-    proc = _run_cli(["train", "--preset", str(preset), "--dry-run"], tmp_path)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    code, out, err = _cli(capsys, monkeypatch, tmp_path, "train", "--preset", preset, "--dry-run")
+    assert code == 0, err
     assert "# resolved config" in out and "images: 8" in out
     assert "trainable parameters:" in out and "50 steps x 2 samples" in out
     assert not (tmp_path / "outputs" / "dry").exists()
 
 
-def test_existing_run_folder_is_never_overwritten(shapes_dir, tmp_path):
+def test_existing_run_folder_is_never_overwritten(shapes_dir, tmp_path, capsys, monkeypatch):
     preset = _preset(tmp_path, shapes_dir, "once", 2)
-    first = _run_cli(["train", "--preset", str(preset)], tmp_path)
-    assert first.wait(timeout=300) == 0
+    code, _, err = _cli(capsys, monkeypatch, tmp_path, "train", "--preset", preset)
+    assert code == 0, err
     adapter = tmp_path / "outputs" / "once" / "once.safetensors"
     stamp = adapter.stat().st_mtime_ns
-    second = _run_cli(["train", "--preset", str(preset)], tmp_path)
-    _, err = second.communicate(timeout=120)
-    assert second.returncode == 2 and "--resume" in err
+    code, _, err = _cli(capsys, monkeypatch, tmp_path, "train", "--preset", preset)
+    assert code == 2 and "--resume" in err, err
     assert adapter.stat().st_mtime_ns == stamp
 
 
