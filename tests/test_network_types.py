@@ -255,8 +255,10 @@ def unet_call(unet, generator_seed: int = 3):
 
 
 # DoRA is left out: peft's DoRA layer asks `type(weight).__module__.startswith("torchao.")` in every forward,
-# which dynamo does not trace (a break per layer); its compiled step still ran at 0.92x LoRA's (round four).
-@pytest.mark.parametrize("network_type", [t for t in TYPES if t != "dora"])
+# which dynamo does not trace (a break per layer); its compiled step still ran at 0.92x LoRA's (round four). LoHa's
+# one graph is asserted by test_loha_graphs_can_be_kept_in_the_compile_cache, which traces it anyway (a trace of
+# the tiny UNet is 10-25 s of the CI machine).
+@pytest.mark.parametrize("network_type", [t for t in TYPES if t not in ("dora", "loha")])
 def test_each_type_traces_to_one_graph_of_the_whole_unet(pipe, network_type):
     """torch.compile makes one graph of the whole training forward: a graph break per layer (peft's LoHa/LoKr
     module-dropout draw made one) leaves the glue between the pieces eager; the compiled LoKr/LoHa steps ran at
@@ -291,7 +293,7 @@ def test_loha_graphs_can_be_kept_in_the_compile_cache(pipe, monkeypatch):
 
     torch._dynamo.reset()
     torch.compile(unet_call(live.unet), backend=keep)()
-    (graph,) = graphs
+    (graph,) = graphs  # one graph of the whole training forward: no graph break (as the test above asks of the rest)
     monkeypatch.setattr(functorch_config, "autograd_cache_allow_custom_autograd_functions", False)  # torch's default
     with pytest.raises(BypassAOTAutogradCache, match="autograd_function_apply"):
         check_cacheable(graph)
@@ -350,7 +352,7 @@ def test_loha_lokr_forward_without_the_dropout_draw_is_peft_s_own(pipe, network_
 # ------------------------------------------------------------------------------------------------ training
 
 
-# 20 steps each; LoRA and LoKr run by default, the other types (also trained by the resume test) under slow.
+# 10 steps each; LoRA and LoKr run by default, the other types (also trained by the resume test) under slow.
 @pytest.mark.parametrize("network_type", ["lora", "lokr", *(pytest.param(t, marks=pytest.mark.slow)
                                                             for t in ("dora", "loha", "dylora"))])
 def test_each_type_trains_and_lowers_the_denoising_error(shapes_dir, tmp_path, network_type):
@@ -363,7 +365,7 @@ def test_each_type_trains_and_lowers_the_denoising_error(shapes_dir, tmp_path, n
     config = config_from_dict({
         "name": "t", "model": "tiny", "data": {"dir": str(shapes_dir), "resolution": 64},
         "network": {"rank": 4, "type": network_type, "targets": ["to_q", "to_k", "to_v", "to_out.0", "conv1"]},
-        "train": {"steps": 20, "batch_size": 4, "lr": 2e-3, "seed": 3},
+        "train": {"steps": 10, "batch_size": 4, "lr": 2e-3, "seed": 3},
         "save": {"output_dir": str(tmp_path / "out")},
     })
     trainer = Trainer(config, new_run(config), EventBus())
@@ -372,6 +374,8 @@ def test_each_type_trains_and_lowers_the_denoising_error(shapes_dir, tmp_path, n
     result = trainer.run()
     after = fixed_batch_loss(trainer)
     assert result.status == "done"
+    # Measured after/before (2-core CPU, torch 2.13): lora 0.61, dora 0.61, loha 0.86, lokr 0.81, dylora 0.88 after
+    # 10 steps (0.53-0.76 after 20).
     assert after < before * 0.97, (before, after)
     found = read_adapter_file(result.adapter_path)
     assert found.adapter.network_type == network_type
