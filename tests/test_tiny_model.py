@@ -14,7 +14,9 @@ from safetensors import safe_open
 from sdlora.models import builtin_models, load_pipeline
 import prompt_following as evaluate
 
-STEPS, GUIDANCE = 20, 5.0
+# 10 DDIM steps: the same rates as 20 on the colour and trigger prompts, and colour 0.875 against 0.75 on the
+# colour-on-colour pairs (measured 2026-12-04, docs/models/tiny.md), in half the time.
+STEPS, GUIDANCE = 10, 5.0
 COLOUR_CASES = evaluate.colour_shape_cases()[:10]  # ten colours on white, each with another shape
 COLOUR_SEEDS = [0, 1]
 BACKGROUND_CASES = evaluate.background_cases()  # eight colour-on-colour pairs
@@ -24,7 +26,7 @@ TRIGGER_SEEDS = [0, 1, 2, 3]
 
 @pytest.fixture(scope="module")
 def images() -> dict[str, list]:
-    """All images of this file in one batched run (20 + 8 + 4), 20 DDIM steps each."""
+    """All images of this file in one batched run (20 + 8 + 4), 10 DDIM steps each."""
     parts = {"colour": evaluate.jobs([c.prompt for c in COLOUR_CASES], COLOUR_SEEDS),
              "background": evaluate.jobs([c.prompt for c in BACKGROUND_CASES], [0]),
              "trigger": evaluate.jobs([TRIGGER_CASE.prompt], TRIGGER_SEEDS)}
@@ -50,7 +52,7 @@ def test_tiny_ships_as_fp16_diffusers_folder_under_20_mb():
     assert vae["scaling_factor"] != 0.18215  # measured on its own latents, not SD's
 
 
-@pytest.mark.slow  # ~16 s of sampling: the model card's figure
+@pytest.mark.slow  # ~20 s of sampling on the CI machine: the model card's figure
 def test_colour_prompts_give_that_colour(images):
     rates = evaluate.follow_rates(COLOUR_CASES, images["colour"], len(COLOUR_SEEDS))
     print(f"colour prompts: {rates}")
